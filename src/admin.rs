@@ -1,0 +1,176 @@
+//! The admin listener: liveness, readiness, metrics, the effective config and live cluster state.
+//!
+//! It has its own port (loopback by default) so that an operator can still look inside when the
+//! traffic listeners are saturated, and it is unauthenticated unless `admin.auth_token` is set.
+//! It reads state; it changes none in this version (reload and endpoint drain come later).
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::snapshot::{Shared, State};
+
+/// Serves the admin API until `stop`.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let (stream, _) = tokio::select! {
+            () = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                    continue;
+                }
+            },
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(respond(&req, &shared)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let snapshot = shared.load();
+    if let Some(token) = &snapshot.config.admin.auth_token {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
+        if !ok {
+            return text(StatusCode::UNAUTHORIZED, "admin token required\n");
+        }
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/ready" => match shared.state() {
+            State::Live => text(StatusCode::OK, "ready\n"),
+            s => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("{}\n", s.as_str()),
+            ),
+        },
+        "/metrics" => {
+            for c in snapshot.clusters.values() {
+                crate::metrics::pool_idle(
+                    &c.name,
+                    c.members()
+                        .endpoints
+                        .iter()
+                        .map(|e| e.pool.idle_count())
+                        .sum(),
+                );
+            }
+            let mut r = text(StatusCode::OK, &crate::metrics::render());
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+        "/config" => json_response(&json!({
+            "version": snapshot.version,
+            "config": snapshot.config.redacted(),
+        })),
+        "/clusters" => json_response(&clusters(shared)),
+        "/server_info" => json_response(&json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "config_version": snapshot.version,
+            "state": shared.state().as_str(),
+            "uptime_seconds": shared.started.elapsed().as_secs(),
+            "pid": std::process::id(),
+        })),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "unknown admin path; try /healthz /ready /metrics /config /clusters /server_info\n",
+        ),
+    }
+}
+
+fn clusters(shared: &Shared) -> serde_json::Value {
+    let snapshot = shared.load();
+    let now = Instant::now();
+    let mut names: Vec<_> = snapshot.clusters.keys().collect();
+    names.sort();
+    let list: Vec<_> = names
+        .into_iter()
+        .filter_map(|n| snapshot.clusters.get(n))
+        .map(|c| {
+            let members = c.members();
+            let endpoints: Vec<_> = members
+                .endpoints
+                .iter()
+                .map(|e| {
+                    json!({
+                        "id": &*e.id,
+                        "address": e.addr.to_string(),
+                        "weight": e.weight,
+                        "state": "healthy",
+                        "in_flight": e.stats.in_flight(),
+                        "ewma_latency_ms": e.stats.ewma_latency(now).as_secs_f64() * 1000.0,
+                        "successes": e.stats.successes(),
+                        "failures": e.stats.failures(),
+                        "idle_connections": e.pool.idle_count(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": &*c.name,
+                "balance": format!("{:?}", c.kind),
+                "protocol": format!("{:?}", c.protocol),
+                "endpoints": endpoints,
+            })
+        })
+        .collect();
+    json!({ "config_version": snapshot.version, "clusters": list })
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_owned())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(v: &serde_json::Value) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Binds the admin address.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    crate::server::listener::bind(addr)
+}

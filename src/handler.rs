@@ -1,0 +1,463 @@
+//! The request path, in one place and in order:
+//! load snapshot → check the request → route → build the upstream request (headers, rewrites) →
+//! pick an endpoint → forward → shape the response → log.
+//!
+//! Every failure becomes a `ProxyError` and then a response here, so hyper never sees an error.
+//! Later capabilities (health-aware picking, retries, limits, rate limits) slot in as steps of
+//! `proxy`; the steps themselves live in their own modules.
+
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use http::{
+    HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, uri::PathAndQuery,
+};
+use hyper::body::{Body as _, Incoming};
+
+use crate::{
+    access_log::{self, Entry},
+    body::{BodyEnd, ProxyBody},
+    config::UpstreamProtocol,
+    error::{ProxyError, Side},
+    headers::{
+        forwarded::{ForwardingInfo, append_via, apply_forwarding, via_contains},
+        hop_by_hop::{strip_hop_by_hop, upgrade_protocol},
+        request_id::ensure_request_id,
+    },
+    route::router::RouteRequest,
+    server::listener::ConnInfo,
+    snapshot::{Shared, Snapshot},
+    upgrade,
+    upstream::{
+        cluster::{Cluster, Endpoint, HashKey, fnv1a},
+        forward,
+    },
+};
+
+/// What the access log and metrics need once the response is done.
+struct Record {
+    shared: Arc<Shared>,
+    snapshot: Arc<Snapshot>,
+    listener: usize,
+    start: Instant,
+    entry: Option<Box<Entry>>,
+    route: Option<usize>,
+    status: u16,
+    flags: &'static str,
+    upstream_ms: Option<f64>,
+    _active: crate::server::deadline::ActiveGuard,
+}
+
+impl Record {
+    fn finish(mut self, end: BodyEnd) {
+        let elapsed = self.start.elapsed().as_secs_f64();
+        let flags = match (self.flags, end.failure) {
+            ("-", Some(f)) => f,
+            (f, _) => f,
+        };
+        if let Some(m) = self.snapshot.request_metrics(self.listener, self.route) {
+            m.record(self.status, elapsed);
+        }
+        if let Some(mut e) = self.entry.take() {
+            e.status = self.status;
+            e.bytes_out = end.bytes;
+            e.duration_s = elapsed;
+            e.upstream_duration_s = self.upstream_ms;
+            e.flags = flags.to_owned();
+            self.shared.access_log.write(&e);
+        }
+    }
+}
+
+/// A record not yet attached to a response body: if the request future is dropped (the client went
+/// away while we waited on the upstream) it still logs, flagged `DC`.
+struct Pending(Option<Record>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.0.take() {
+            r.status = 499;
+            r.flags = "DC";
+            r.finish(BodyEnd {
+                complete: false,
+                bytes: 0,
+                failure: Some("DC"),
+            });
+        }
+    }
+}
+
+/// Serves one request. Never fails: errors become responses.
+pub async fn handle(
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+    shared: &Arc<Shared>,
+) -> Response<ProxyBody> {
+    let snapshot = shared.load();
+    let start = Instant::now();
+    let request_id = ensure_request_id(req.headers_mut(), &snapshot.http.request_id_header);
+    let entry = shared.access_log.enabled().then(|| {
+        Box::new(Entry {
+            ts: access_log::timestamp(SystemTime::now()),
+            request_id: request_id.to_str().unwrap_or_default().to_owned(),
+            peer: conn.peer.to_string(),
+            listener: conn.listener.name.to_string(),
+            method: req.method().to_string(),
+            host: request_host(&req)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+                .to_owned(),
+            path: req.uri().path().to_owned(),
+            protocol: protocol_name(req.version()),
+            bytes_in: 0,
+            ..Entry::default()
+        })
+    });
+    let mut pending = Pending(Some(Record {
+        shared: Arc::clone(shared),
+        snapshot: Arc::clone(&snapshot),
+        listener: conn.listener.index,
+        start,
+        entry,
+        route: None,
+        status: 0,
+        flags: "-",
+        upstream_ms: None,
+        _active: conn.activity.begin(),
+    }));
+    conn.listener.gauges.requests.increment(1.0);
+    let accept = req.headers().get(header::ACCEPT).cloned();
+    let result = proxy(req, conn, &snapshot, &mut pending, &request_id).await;
+    conn.listener.gauges.requests.decrement(1.0);
+    let Some(mut record) = pending.0.take() else {
+        return ProxyError::Internal.into_response(
+            &request_id,
+            &snapshot.http.request_id_header,
+            snapshot.http.error_format,
+            None,
+        );
+    };
+    let (mut rsp, hook): (Response<ProxyBody>, Option<UpstreamDone>) = match result {
+        Ok((rsp, done)) => (rsp, done),
+        Err(e) => {
+            record.flags = e.flag();
+            if e.side() == Side::Upstream {
+                tracing::debug!(request_id = ?request_id, error = %e, "upstream failure");
+            }
+            (
+                e.into_response(
+                    &request_id,
+                    &snapshot.http.request_id_header,
+                    snapshot.http.error_format,
+                    accept.as_ref(),
+                ),
+                None,
+            )
+        }
+    };
+    record.status = rsp.status().as_u16();
+    if let Some(e) = record.entry.as_mut() {
+        e.client_ip = Some(conn.peer.ip());
+    }
+    let body = std::mem::replace(rsp.body_mut(), ProxyBody::empty());
+    *rsp.body_mut() = body.on_end(Box::new(move |end| {
+        if let Some(done) = hook {
+            done.finish(end.complete);
+        }
+        record.finish(end);
+    }));
+    rsp
+}
+
+/// Upstream bookkeeping that waits for the response body to end: the in-flight count and the
+/// connection, which is reused only when the body was read completely.
+struct UpstreamDone {
+    endpoint: Arc<Endpoint>,
+    reuse: Option<crate::upstream::pool::H1Sender>,
+    _in_flight: crate::upstream::stats::InFlight,
+}
+
+impl UpstreamDone {
+    fn finish(self, complete: bool) {
+        if let (true, Some(sender)) = (complete, self.reuse) {
+            self.endpoint.pool.checkin(sender, Instant::now());
+        }
+    }
+}
+
+async fn proxy(
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+    snapshot: &Snapshot,
+    pending: &mut Pending,
+    request_id: &HeaderValue,
+) -> Result<(Response<ProxyBody>, Option<UpstreamDone>), ProxyError> {
+    // 1. Check what hyper let through but we refuse.
+    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_len > conn.listener.config.max_uri_bytes {
+        return Err(ProxyError::UriTooLong);
+    }
+    let host = request_host(&req)?.map(str::to_owned);
+    if let Some(via) = &snapshot.http.via {
+        if via_contains(req.headers(), via) {
+            return Err(ProxyError::Loop);
+        }
+    }
+
+    // 2. Route.
+    let route = snapshot
+        .router
+        .route(&RouteRequest {
+            host: host.as_deref(),
+            path: req.uri().path(),
+            method: req.method(),
+            headers: req.headers(),
+        })
+        .ok_or(ProxyError::NoRoute)?;
+    let target = if route.targets.len() == 1 {
+        0
+    } else {
+        route.pick_target(fastrand::u32(0..route.total_weight().max(1)))
+    };
+    let cluster = snapshot
+        .route_targets
+        .get(route.index)
+        .and_then(|t| t.get(target))
+        .ok_or(ProxyError::Internal)?;
+    if let Some(r) = pending.0.as_mut() {
+        r.route = Some(route.index);
+        if let Some(e) = r.entry.as_mut() {
+            e.route = Some(route.name.to_string());
+            e.cluster = Some(cluster.name.to_string());
+        }
+    }
+    let deadline = tokio::time::Instant::now() + route.timeout;
+
+    // 3. The upstream request: hop-by-hop out, forwarding headers in, route rewrites.
+    let upgrade = upgrade_protocol(req.headers());
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let hash = hash_of(cluster, &req, conn);
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade.is_some())
+        .map_err(|_| ProxyError::BadRequest("Connection names a header that frames the message"))?;
+    let client_ip = apply_forwarding(
+        &mut parts.headers,
+        &ForwardingInfo {
+            peer: conn.peer,
+            scheme: if conn.tls { "https" } else { "http" },
+            host: host.as_deref(),
+            add_forwarded: snapshot.http.add_forwarded,
+            via: snapshot.http.via.as_deref(),
+            version: parts.version,
+        },
+        &snapshot.http.trusted,
+    );
+    if let Some(e) = pending.0.as_mut().and_then(|r| r.entry.as_mut()) {
+        e.client_ip = Some(client_ip);
+    }
+    route.rewrite.apply_request_headers(&mut parts.headers);
+    let upstream_host: Option<HeaderValue> = match route.rewrite.host() {
+        Some(h) => Some(h.clone()),
+        None => host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
+    };
+    let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    let path = route
+        .rewrite
+        .rewrite_path(path)
+        .unwrap_or_else(|| path.to_owned());
+    parts.uri = upstream_uri(cluster, &path, upstream_host.as_ref())?;
+    match cluster.protocol {
+        UpstreamProtocol::Http1 => {
+            parts.version = Version::HTTP_11;
+            if let Some(h) = upstream_host {
+                parts.headers.insert(header::HOST, h);
+            }
+        }
+        UpstreamProtocol::H2 => {
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+        }
+    }
+    let body = if body.is_end_stream() {
+        ProxyBody::empty()
+    } else {
+        ProxyBody::streaming(body, cluster.body_idle_timeout)
+    };
+    let upstream_req = Request::from_parts(parts, body);
+
+    // 4. Pick an endpoint and forward.
+    let members = cluster.members();
+    let idx = cluster
+        .pick(&members, hash, &[], Instant::now())
+        .ok_or(ProxyError::NoHealthyUpstream)?;
+    let endpoint = Arc::clone(&members.endpoints[idx]);
+    if let Some(e) = pending.0.as_mut().and_then(|r| r.entry.as_mut()) {
+        e.upstream = Some(endpoint.id.to_string());
+    }
+    let in_flight = endpoint.stats.start();
+    let sent_at = Instant::now();
+    let header_deadline = match cluster.response_header_timeout {
+        Some(t) => deadline.min(tokio::time::Instant::now() + t),
+        None => deadline,
+    };
+    let result = forward::send(cluster, &endpoint, upstream_req, header_deadline).await;
+    let rtt = sent_at.elapsed();
+    if let Some(r) = pending.0.as_mut() {
+        r.upstream_ms = Some(rtt.as_secs_f64());
+    }
+    let sent = match result {
+        Ok(s) => s,
+        Err(e) => {
+            endpoint.stats.record_failure(rtt, Instant::now());
+            endpoint
+                .metrics
+                .record(e.status().as_u16(), rtt.as_secs_f64());
+            crate::metrics::upstream_failure(&cluster.name, e.flag());
+            return Err(e);
+        }
+    };
+    let mut response = sent.response;
+    let status = response.status();
+    if status.is_server_error() {
+        endpoint.stats.record_failure(rtt, Instant::now());
+    } else {
+        endpoint.stats.record_success(rtt, Instant::now());
+    }
+    endpoint.metrics.record(status.as_u16(), rtt.as_secs_f64());
+
+    // 5. The response: upgrade tunnel, hop-by-hop out, Via, rewrites, request id.
+    let tunnel = status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
+    if let (true, Some(client)) = (tunnel, client_upgrade) {
+        let upstream = hyper::upgrade::on(&mut response);
+        tokio::spawn(upgrade::tunnel(
+            client,
+            upstream,
+            cluster.tunnel_idle_timeout,
+        ));
+    }
+    let (mut parts, body) = response.into_parts();
+    if strip_hop_by_hop(&mut parts.headers, tunnel).is_err() {
+        return Err(ProxyError::UpstreamProtocol);
+    }
+    if let Some(via) = &snapshot.http.via {
+        append_via(&mut parts.headers, parts.version, via);
+    }
+    route.rewrite.apply_response_headers(&mut parts.headers);
+    parts
+        .headers
+        .insert(snapshot.http.request_id_header.clone(), request_id.clone());
+    parts.version = Version::HTTP_11;
+    let body = if tunnel {
+        ProxyBody::empty()
+    } else {
+        ProxyBody::streaming(body, cluster.body_idle_timeout)
+    };
+    let done = UpstreamDone {
+        endpoint,
+        reuse: if tunnel { None } else { sent.reuse },
+        _in_flight: in_flight,
+    };
+    Ok((Response::from_parts(parts, body), Some(done)))
+}
+
+/// The request's Host: `:authority` for HTTP/2, the single `Host` field for HTTP/1.1 (RFC 9112 §3.2:
+/// missing, repeated or invalid is a 400). Port and case are left to the router.
+fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, ProxyError> {
+    if req.version() == Version::HTTP_2 {
+        // :authority wins over Host (RFC 9113 §8.3.1).
+        if let Some(a) = req.uri().authority() {
+            return Ok(Some(a.as_str()));
+        }
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host header"));
+    }
+    match first {
+        Some(h) => {
+            let h = h
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
+            if h.is_empty() || h.parse::<http::uri::Authority>().is_err() || h.contains('@') {
+                return Err(ProxyError::BadRequest("invalid Host header"));
+            }
+            Ok(Some(h))
+        }
+        None if req.version() == Version::HTTP_11 => match req.uri().authority() {
+            // Absolute-form request-target carries the host (RFC 9112 §3.2.2).
+            Some(a) => Ok(Some(a.as_str())),
+            None => Err(ProxyError::BadRequest("HTTP/1.1 request without Host")),
+        },
+        None => Ok(req.uri().authority().map(http::uri::Authority::as_str)),
+    }
+}
+
+fn upstream_uri(
+    cluster: &Cluster,
+    path: &str,
+    host: Option<&HeaderValue>,
+) -> Result<Uri, ProxyError> {
+    match cluster.protocol {
+        UpstreamProtocol::Http1 => path
+            .parse::<Uri>()
+            .map_err(|_| ProxyError::BadRequest("invalid request target")),
+        UpstreamProtocol::H2 => {
+            let scheme = if cluster.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let authority = host.and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            Uri::builder()
+                .scheme(scheme)
+                .authority(authority)
+                .path_and_query(path)
+                .build()
+                .map_err(|_| ProxyError::BadRequest("invalid request target"))
+        }
+    }
+}
+
+/// The request's key for `balance = "hash"`.
+fn hash_of<B>(cluster: &Cluster, req: &Request<B>, conn: &ConnInfo) -> Option<u64> {
+    let key = cluster.hash_key.as_ref()?;
+    match key {
+        HashKey::ClientIp => Some(match conn.peer.ip() {
+            std::net::IpAddr::V4(v4) => fnv1a(&v4.octets()),
+            std::net::IpAddr::V6(v6) => fnv1a(&v6.octets()),
+        }),
+        HashKey::Path => Some(fnv1a(req.uri().path().as_bytes())),
+        HashKey::Header(name) => req.headers().get(name).map(|v| fnv1a(v.as_bytes())),
+        HashKey::Cookie(name) => req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(|c| {
+                c.split(';').find_map(|kv| {
+                    let (k, v) = kv.trim().split_once('=')?;
+                    (k == name).then(|| fnv1a(v.as_bytes()))
+                })
+            }),
+    }
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "-",
+    }
+}
+
+#[allow(dead_code)]
+fn is_idempotent(m: &Method) -> bool {
+    m.is_idempotent()
+}

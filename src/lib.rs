@@ -1,0 +1,34 @@
+//! Palisade: a fault-tolerant, highly available HTTP reverse proxy and load balancer.
+//!
+//! # Layout
+//!
+//! Modules in the order a request meets them:
+//!
+//! - [`server`]: listeners; accept under a connection cap, TLS ([`tls`]), HTTP/1.1 + HTTP/2, the
+//!   per-connection header/idle deadline.
+//! - [`handler`]: the request path, one function in request order.
+//! - [`snapshot`]: the immutable runtime view loaded once per request, compiled from [`config`].
+//! - [`route`]: matching a request to a route; rewrites.
+//! - [`headers`]: hop-by-hop, forwarding (`X-Forwarded-*`, `Forwarded`, `Via`) and request ids.
+//! - [`upstream`]: clusters, balancers, connecting, pooling, sending.
+//! - [`body`]: streaming bodies with idle timeouts and an end hook; [`upgrade`]: WebSocket tunnels.
+//! - [`error`]: every failure and the one place it becomes a response.
+//! - [`access_log`], [`metrics`]: what the operator sees per request; [`admin`]: the admin API.
+//! - [`cli`], [`demo`]: the binary's commands.
+
+pub mod access_log;
+pub mod admin;
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod handler;
+pub mod headers;
+pub mod metrics;
+pub mod route;
+pub mod server;
+pub mod snapshot;
+pub mod tls;
+pub mod upgrade;
+pub mod upstream;

@@ -1,0 +1,3 @@
+//! STUB (replaced by the router helper).
+pub mod rewrite;
+pub mod router;

@@ -1,0 +1,302 @@
+//! `Snapshot`: one immutable, consistent runtime view compiled from a validated config, and `Shared`,
+//! which holds the current one behind an `ArcSwap`.
+//!
+//! A request loads the snapshot once and uses it to the end, so a reload (a later issue) is a pointer
+//! swap: requests in flight finish on the view they started with. Everything that must change together
+//! (routes, the clusters they name, their TLS settings, header policy) lives in one snapshot. State that
+//! must outlive a snapshot (pools, endpoint stats) is keyed by stable identity and carried over by
+//! `compile(.., previous)`. This module compiles; it does not serve.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
+    time::Instant,
+};
+
+use arc_swap::ArcSwap;
+use http::HeaderName;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::{
+    config::{self, Config, ConfigError, ErrorFormat, Problem, Source},
+    headers::forwarded::TrustedProxies,
+    route::router::Router,
+    tls,
+    upstream::{
+        cluster::{Cluster, Endpoint, UpstreamTls},
+        dns,
+        pool::Pool,
+    },
+};
+
+/// Per-snapshot header policy, pre-parsed.
+#[derive(Debug)]
+pub struct HttpPolicy {
+    pub trusted: TrustedProxies,
+    pub add_forwarded: bool,
+    pub via: Option<Arc<str>>,
+    pub request_id_header: HeaderName,
+    pub error_format: ErrorFormat,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    pub version: String,
+    pub config: Arc<Config>,
+    pub router: Router,
+    pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
+    /// `route_targets[route.index][target]`: the route's clusters, resolved.
+    pub route_targets: Vec<Vec<Arc<Cluster>>>,
+    pub http: HttpPolicy,
+    /// `request_metrics[listener][0]` for requests no route matched, `[listener][1 + route]` otherwise.
+    request_metrics: Vec<Vec<crate::metrics::RequestMetrics>>,
+    /// Stops this snapshot's background tasks (DNS refresh) when the snapshot is dropped.
+    _tasks: DropGuard,
+}
+
+impl Snapshot {
+    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.get(name)
+    }
+
+    pub fn request_metrics(
+        &self,
+        listener: usize,
+        route: Option<usize>,
+    ) -> Option<&crate::metrics::RequestMetrics> {
+        self.request_metrics
+            .get(listener)?
+            .get(route.map_or(0, |r| r + 1))
+    }
+}
+
+/// Builds a snapshot. `previous` lends endpoints (pools, stats) whose identity is unchanged.
+pub async fn compile(
+    source: &Source,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, ConfigError> {
+    let config = &source.config;
+    let diagnostics = config::validate(config, &source.base_dir);
+    if !diagnostics.is_ok() {
+        return Err(ConfigError {
+            problems: diagnostics.errors,
+        });
+    }
+    let mut problems = Vec::new();
+    let router = Router::compile(&config.routes).map_err(|m| ConfigError::one("routes", m))?;
+
+    // Endpoints of the previous snapshot by (cluster, identity): their pools and stats carry over.
+    let mut old: HashMap<(Arc<str>, Arc<str>), Arc<Endpoint>> = HashMap::new();
+    if let Some(prev) = previous {
+        for c in prev.clusters.values() {
+            for e in &c.members().endpoints {
+                old.insert((Arc::clone(&c.name), Arc::clone(&e.id)), Arc::clone(e));
+            }
+        }
+    }
+
+    let stop = CancellationToken::new();
+    let mut clusters = HashMap::new();
+    let now = Instant::now();
+    for (name, c) in &config.clusters {
+        let tls = match &c.tls {
+            None => None,
+            Some(t) => {
+                let ca = t.ca_file.as_ref().map(|f| source.base_dir.join(f));
+                let opts = tls::client::UpstreamTlsOptions {
+                    ca_file: ca.as_deref(),
+                    verify: !t.insecure_skip_verify,
+                    alpn_h2: c.protocol == config::UpstreamProtocol::H2,
+                };
+                match tls::client::client_config(&opts) {
+                    Ok(cfg) => Some(UpstreamTls {
+                        config: cfg,
+                        sni: t
+                            .sni
+                            .as_ref()
+                            .and_then(|s| rustls_pki_types::ServerName::try_from(s.clone()).ok()),
+                    }),
+                    Err(e) => {
+                        problems.push(Problem {
+                            path: format!("clusters.{name}.tls"),
+                            message: e,
+                        });
+                        None
+                    }
+                }
+            }
+        };
+        let mut endpoints = Vec::new();
+        for e in &c.endpoints {
+            let spec = e.address();
+            let host = config::validate::split_host_port(spec).map_or(spec, |(h, _)| h);
+            for addr in dns::resolve_now(spec).await {
+                let id = dns::endpoint_id(spec, addr);
+                let reused = old
+                    .get(&(Arc::<str>::from(name.as_str()), Arc::clone(&id)))
+                    .filter(|pe| pe.weight == e.weight())
+                    .cloned();
+                endpoints.push(reused.unwrap_or_else(|| {
+                    Arc::new(Endpoint::new(
+                        name,
+                        id,
+                        addr,
+                        host.into(),
+                        e.weight(),
+                        Pool::new(c.pool.max_idle_per_endpoint, c.pool.idle_timeout.get()),
+                        now,
+                    ))
+                }));
+            }
+        }
+        if endpoints.is_empty() {
+            problems.push(Problem {
+                path: format!("clusters.{name}.endpoints"),
+                message: "no endpoint resolves to an address".into(),
+            });
+        }
+        let cluster = Arc::new(Cluster::new(name, c, tls, endpoints));
+        if dns::has_names(&cluster) {
+            tokio::spawn(dns::refresh_loop(
+                Arc::clone(&cluster),
+                c.pool.max_idle_per_endpoint,
+                c.pool.idle_timeout.get(),
+                stop.child_token(),
+            ));
+        }
+        clusters.insert(Arc::<str>::from(name.as_str()), cluster);
+    }
+
+    let mut route_targets = Vec::new();
+    for r in router.routes() {
+        let mut v = Vec::new();
+        for (name, _) in &r.targets {
+            match clusters.get(name.as_str()) {
+                Some(c) => v.push(Arc::clone(c)),
+                None => problems.push(Problem {
+                    path: format!("routes[{}]", r.index),
+                    message: format!("unknown cluster {name:?}"),
+                }),
+            }
+        }
+        route_targets.push(v);
+    }
+    if !problems.is_empty() {
+        stop.cancel();
+        return Err(ConfigError { problems });
+    }
+
+    let trusted = config
+        .http
+        .trusted_proxies
+        .iter()
+        .filter_map(|s| config::validate::parse_net(s))
+        .collect();
+    let http = HttpPolicy {
+        trusted: TrustedProxies::new(trusted),
+        add_forwarded: config.http.add_forwarded,
+        via: if config.http.via.is_empty() {
+            None
+        } else {
+            Some(config.http.via.as_str().into())
+        },
+        request_id_header: HeaderName::from_bytes(config.http.request_id_header.as_bytes())
+            .map_err(|_| ConfigError::one("http.request_id_header", "not a header name"))?,
+        error_format: config.http.error_format,
+    };
+    let request_metrics = config
+        .listeners
+        .keys()
+        .map(|l| {
+            std::iter::once(crate::metrics::RequestMetrics::new(l, "-"))
+                .chain(
+                    router
+                        .routes()
+                        .iter()
+                        .map(|r| crate::metrics::RequestMetrics::new(l, &r.name)),
+                )
+                .collect()
+        })
+        .collect();
+    Ok(Snapshot {
+        request_metrics,
+        version: config::version_of(config),
+        config: Arc::new(config.clone()),
+        router,
+        clusters,
+        route_targets,
+        http,
+        _tasks: stop.drop_guard(),
+    })
+}
+
+/// Lifecycle states, as `/ready` and `/server_info` report them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    Starting = 0,
+    Live = 1,
+    Draining = 2,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Live => "live",
+            Self::Draining => "draining",
+        }
+    }
+}
+
+/// What every connection and request shares: the current snapshot and the process state.
+#[derive(Debug)]
+pub struct Shared {
+    current: ArcSwap<Snapshot>,
+    state: AtomicU8,
+    pub started: Instant,
+    pub access_log: crate::access_log::AccessLog,
+}
+
+impl Shared {
+    pub fn new(snapshot: Snapshot, access_log: crate::access_log::AccessLog) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(snapshot),
+            state: AtomicU8::new(State::Starting as u8),
+            started: Instant::now(),
+            access_log,
+        }
+    }
+
+    /// The snapshot for one request (an `Arc`, so a swap cannot pull it away mid-request).
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Installs a new snapshot (hot reload builds on this).
+    pub fn store(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Acquire) {
+            0 => State::Starting,
+            1 => State::Live,
+            _ => State::Draining,
+        }
+    }
+
+    pub fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+}
+
+/// Reads, validates and compiles a config file: the one entry point `run` and `validate` share.
+pub async fn load(path: &Path) -> Result<Snapshot, ConfigError> {
+    let source = config::load_file(path)?;
+    compile(&source, None).await
+}

@@ -1,0 +1,106 @@
+//! Opening a new upstream connection: TCP (with the cluster's connect timeout), TLS when configured
+//! (SNI, verification), then the HTTP/1.1 or HTTP/2 handshake, whose connection task is spawned.
+//!
+//! Failures are classified (refused / timeout / TLS / other) because operators and later the health
+//! logic need to tell them apart; nothing here retries.
+
+use std::{io, sync::Arc, time::Duration};
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use super::{
+    cluster::{Cluster, Endpoint},
+    pool::{H1Sender, H2Sender},
+};
+use crate::{error::ProxyError, metrics};
+
+/// A freshly opened connection.
+pub enum Fresh {
+    H1(H1Sender),
+    H2(H2Sender),
+}
+
+/// Opens a connection to `ep`, bounded by the cluster's connect timeout (TCP and TLS together).
+pub async fn connect(cluster: &Cluster, ep: &Endpoint) -> Result<Fresh, ProxyError> {
+    let timeout = cluster.connect_timeout;
+    let result = tokio::time::timeout(timeout, open(cluster, ep))
+        .await
+        .unwrap_or(Err(ProxyError::ConnectTimeout));
+    if let Err(e) = &result {
+        let reason = match e {
+            ProxyError::ConnectRefused => "refused",
+            ProxyError::ConnectTimeout => "timeout",
+            ProxyError::UpstreamTls => "tls",
+            _ => "other",
+        };
+        metrics::upstream_connect_error(&cluster.name, reason);
+        tracing::debug!(cluster = %cluster.name, endpoint = %ep.id, reason, "upstream connect failed");
+    }
+    result
+}
+
+async fn open(cluster: &Cluster, ep: &Endpoint) -> Result<Fresh, ProxyError> {
+    let tcp = TcpStream::connect(ep.addr)
+        .await
+        .map_err(|e| classify(&e))?;
+    let _ = tcp.set_nodelay(true);
+    match &cluster.tls {
+        None => handshake(cluster, TokioIo::new(tcp)).await,
+        Some(tls) => {
+            let name = match &tls.sni {
+                Some(n) => n.clone(),
+                None => ServerName::try_from(ep.host.to_string())
+                    .map_err(|_| ProxyError::UpstreamTls)?,
+            };
+            let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.config));
+            let stream = connector.connect(name, tcp).await.map_err(|e| {
+                tracing::warn!(cluster = %cluster.name, endpoint = %ep.id, error = %e, "upstream TLS handshake failed");
+                ProxyError::UpstreamTls
+            })?;
+            handshake(cluster, TokioIo::new(stream)).await
+        }
+    }
+}
+
+async fn handshake<T>(cluster: &Cluster, io: TokioIo<T>) -> Result<Fresh, ProxyError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    match cluster.protocol {
+        crate::config::UpstreamProtocol::Http1 => {
+            let (sender, conn) = http1::Builder::new()
+                .handshake(io)
+                .await
+                .map_err(|_| ProxyError::ConnectFailed)?;
+            tokio::spawn(async move {
+                // The connection's end (an upstream close, a reset) is seen by the requests on it.
+                let _ = conn.with_upgrades().await;
+            });
+            Ok(Fresh::H1(sender))
+        }
+        crate::config::UpstreamProtocol::H2 => {
+            let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10))
+                .handshake(io)
+                .await
+                .map_err(|_| ProxyError::ConnectFailed)?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(Fresh::H2(sender))
+        }
+    }
+}
+
+fn classify(e: &io::Error) -> ProxyError {
+    match e.kind() {
+        io::ErrorKind::ConnectionRefused => ProxyError::ConnectRefused,
+        io::ErrorKind::TimedOut => ProxyError::ConnectTimeout,
+        _ => ProxyError::ConnectFailed,
+    }
+}

@@ -1,0 +1,135 @@
+//! Sending one request to one endpoint and getting its response head, within a deadline.
+//!
+//! It owns the connection choice (a pooled one first, else a fresh one) and the one retry the core
+//! allows: when a pooled connection turns out to have been closed by the upstream before our request
+//! was written (a keep-alive race, RFC 9112 §9.3.1), hyper hands the request back untouched and it goes
+//! once more on a fresh connection. Choosing the endpoint and any wider retry policy live elsewhere.
+
+use std::time::Instant as StdInstant;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{
+    cluster::{Cluster, Endpoint},
+    connect::{Fresh, connect},
+    pool::H1Sender,
+};
+use crate::{body::ProxyBody, config::UpstreamProtocol, error::ProxyError};
+
+/// A response head and, for HTTP/1, the connection to give back once its body is read to the end.
+pub struct Sent {
+    pub response: Response<Incoming>,
+    pub reuse: Option<H1Sender>,
+}
+
+/// Sends `req` to `ep`; the response head must arrive before `deadline`.
+pub async fn send(
+    cluster: &Cluster,
+    ep: &Endpoint,
+    req: Request<ProxyBody>,
+    deadline: Instant,
+) -> Result<Sent, ProxyError> {
+    match tokio::time::timeout_at(deadline, send_inner(cluster, ep, req)).await {
+        Ok(r) => r,
+        Err(_) => Err(ProxyError::UpstreamTimeout),
+    }
+}
+
+async fn send_inner(
+    cluster: &Cluster,
+    ep: &Endpoint,
+    req: Request<ProxyBody>,
+) -> Result<Sent, ProxyError> {
+    match cluster.protocol {
+        UpstreamProtocol::Http1 => send_h1(cluster, ep, req).await,
+        UpstreamProtocol::H2 => send_h2(cluster, ep, req).await,
+    }
+}
+
+async fn send_h1(
+    cluster: &Cluster,
+    ep: &Endpoint,
+    req: Request<ProxyBody>,
+) -> Result<Sent, ProxyError> {
+    let mut req = req;
+    if let Some(mut sender) = ep.pool.checkout(StdInstant::now()) {
+        if sender.ready().await.is_ok() {
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    return Ok(Sent {
+                        response,
+                        reuse: Some(sender),
+                    });
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the stale-connection case. Go again on a fresh connection.
+                    Some(unsent) => {
+                        tracing::debug!(cluster = %cluster.name, endpoint = %ep.id, "pooled connection was closed; retrying on a fresh one");
+                        req = unsent;
+                    }
+                    None => return Err(map_error(e.error())),
+                },
+            }
+        }
+    }
+    let Fresh::H1(mut sender) = connect(cluster, ep).await? else {
+        return Err(ProxyError::Internal);
+    };
+    sender.ready().await.map_err(|e| map_error(&e))?;
+    match sender.send_request(req).await {
+        Ok(response) => Ok(Sent {
+            response,
+            reuse: Some(sender),
+        }),
+        Err(e) => Err(map_error(&e)),
+    }
+}
+
+async fn send_h2(
+    cluster: &Cluster,
+    ep: &Endpoint,
+    req: Request<ProxyBody>,
+) -> Result<Sent, ProxyError> {
+    let mut req = req;
+    if let Some(mut sender) = ep.pool.h2() {
+        if sender.ready().await.is_ok() {
+            match sender.try_send_request(req).await {
+                Ok(response) => {
+                    return Ok(Sent {
+                        response,
+                        reuse: None,
+                    });
+                }
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(map_error(e.error())),
+                },
+            }
+        }
+    }
+    let Fresh::H2(mut sender) = connect(cluster, ep).await? else {
+        return Err(ProxyError::Internal);
+    };
+    ep.pool.set_h2(sender.clone());
+    sender.ready().await.map_err(|e| map_error(&e))?;
+    sender
+        .send_request(req)
+        .await
+        .map(|response| Sent {
+            response,
+            reuse: None,
+        })
+        .map_err(|e| map_error(&e))
+}
+
+fn map_error(e: &hyper::Error) -> ProxyError {
+    if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
+        ProxyError::UpstreamProtocol
+    } else if e.is_timeout() {
+        ProxyError::UpstreamTimeout
+    } else {
+        ProxyError::UpstreamReset
+    }
+}

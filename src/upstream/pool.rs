@@ -1,0 +1,106 @@
+//! `Pool`: the reusable connections to one endpoint.
+//!
+//! HTTP/1.1: a LIFO stack of idle keep-alive connections (the most recently used is the least likely to
+//! have been closed by the upstream), capped and aged out on use. A connection comes back only when its
+//! response body was read to the end; anything else (an error, a client that went away mid-body) may
+//! leave bytes on the wire, so that connection is dropped. HTTP/2: one shared multiplexed connection,
+//! replaced when it closes. Opening connections is `connect.rs`'s job; this module only keeps them.
+
+use std::{
+    collections::VecDeque,
+    sync::{Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use hyper::client::conn::{http1, http2};
+
+use crate::body::ProxyBody;
+
+pub type H1Sender = http1::SendRequest<ProxyBody>;
+pub type H2Sender = http2::SendRequest<ProxyBody>;
+
+#[derive(Debug)]
+struct Idle {
+    sender: H1Sender,
+    since: Instant,
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    idle: Mutex<VecDeque<Idle>>,
+    h2: Mutex<Option<H2Sender>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::new(VecDeque::new()),
+            h2: Mutex::new(None),
+            max_idle,
+            idle_timeout,
+        }
+    }
+
+    /// An idle HTTP/1 connection that is still open and young enough, if any.
+    pub fn checkout(&self, now: Instant) -> Option<H1Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some(c) = idle.pop_back() {
+            if !c.sender.is_closed() && now.saturating_duration_since(c.since) < self.idle_timeout {
+                return Some(c.sender);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last response was read completely.
+    pub fn checkin(&self, sender: H1Sender, now: Instant) {
+        if self.max_idle == 0 || sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        // Age out from the cold end so connections nobody reuses do not hold descriptors forever.
+        while idle.front().is_some_and(|c| {
+            now.saturating_duration_since(c.since) >= self.idle_timeout || c.sender.is_closed()
+        }) {
+            idle.pop_front();
+        }
+        if idle.len() >= self.max_idle {
+            idle.pop_front();
+        }
+        idle.push_back(Idle { sender, since: now });
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// The shared HTTP/2 connection, if it is still usable.
+    pub fn h2(&self) -> Option<H2Sender> {
+        let mut h2 = self.h2.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*h2 {
+            Some(s) if !s.is_closed() => Some(s.clone()),
+            Some(_) => {
+                *h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    pub fn set_h2(&self, sender: H2Sender) {
+        *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender);
+    }
+
+    pub fn has_h2(&self) -> bool {
+        self.h2
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|s| !s.is_closed())
+    }
+}
