@@ -85,12 +85,12 @@ impl AccessLog {
     }
 
     pub fn write(&self, entry: &Entry) {
-        if let Some(w) = &self.writer {
-            if let Ok(mut line) = serde_json::to_vec(entry) {
-                line.push(b'\n');
-                let mut w = w.clone();
-                let _ = w.write_all(&line);
-            }
+        if let Some(w) = &self.writer
+            && let Ok(mut line) = serde_json::to_vec(entry)
+        {
+            line.push(b'\n');
+            let mut w = w.clone();
+            let _ = w.write_all(&line);
         }
     }
 }

@@ -161,6 +161,10 @@ fn serve(cli: &Cli, source: Source, demo: bool) -> ExitCode {
             crate::demo::print_tour(&running);
         }
         wait_for_signal().await;
+        #[allow(
+            clippy::exit,
+            reason = "a second signal means the operator wants out now, without draining"
+        )]
         tokio::spawn(async {
             wait_for_signal().await;
             tracing::warn!("second signal: exiting now");

@@ -11,9 +11,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use http::{
-    HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header, uri::PathAndQuery,
-};
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header, uri::PathAndQuery};
 use hyper::body::{Body as _, Incoming};
 
 use crate::{
@@ -201,10 +199,10 @@ async fn proxy(
         return Err(ProxyError::UriTooLong);
     }
     let host = request_host(&req)?.map(str::to_owned);
-    if let Some(via) = &snapshot.http.via {
-        if via_contains(req.headers(), via) {
-            return Err(ProxyError::Loop);
-        }
+    if let Some(via) = &snapshot.http.via
+        && via_contains(req.headers(), via)
+    {
+        return Err(ProxyError::Loop);
     }
 
     // 2. Route.
@@ -238,6 +236,11 @@ async fn proxy(
 
     // 3. The upstream request: hop-by-hop out, forwarding headers in, route rewrites.
     let upgrade = upgrade_protocol(req.headers());
+    // `TE: trailers` is hop-by-hop but gRPC needs it end to end on HTTP/2; it is restored below.
+    let wants_trailers = req.headers().get_all(header::TE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.to_ascii_lowercase().contains("trailers"))
+    });
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let hash = hash_of(cluster, &req, conn);
     let (mut parts, body) = req.into_parts();
@@ -279,6 +282,11 @@ async fn proxy(
         UpstreamProtocol::H2 => {
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
+            if wants_trailers {
+                parts
+                    .headers
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
         }
     }
     let body = if body.is_end_stream() {
@@ -455,9 +463,4 @@ fn protocol_name(v: Version) -> &'static str {
         Version::HTTP_3 => "HTTP/3",
         _ => "-",
     }
-}
-
-#[allow(dead_code)]
-fn is_idempotent(m: &Method) -> bool {
-    m.is_idempotent()
 }

@@ -25,6 +25,20 @@ pub fn init() -> Option<&'static PrometheusHandle> {
             match builder.and_then(PrometheusBuilder::install_recorder) {
                 Ok(h) => {
                     gauge!("palisade_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+                    // Histogram samples are buffered until drained: without periodic upkeep an
+                    // unscraped proxy would grow without bound.
+                    let upkeep = h.clone();
+                    let spawned = std::thread::Builder::new()
+                        .name("palisade-metrics".into())
+                        .spawn(move || {
+                            loop {
+                                std::thread::sleep(std::time::Duration::from_secs(5));
+                                upkeep.run_upkeep();
+                            }
+                        });
+                    if let Err(e) = spawned {
+                        tracing::warn!(error = %e, "metrics upkeep thread not started");
+                    }
                     Some(h)
                 }
                 Err(e) => {

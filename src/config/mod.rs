@@ -185,7 +185,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.problems.len(), 1);
-        assert_eq!(err.problems[0].path, "listeners.web");
+        assert_eq!(err.problems[0].path, "listeners.web.lisen");
         assert!(
             err.problems[0].message.contains("unknown field `lisen`"),
             "{err}"

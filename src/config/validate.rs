@@ -75,13 +75,13 @@ pub fn validate(config: &Config, base_dir: &Path) -> Diagnostics {
         let p = format!("listeners.{name}");
         if let Some(addr) = check_addr(&mut d, &format!("{p}.listen"), &l.listen) {
             // Port 0 (tests) never collides.
-            if addr.port() != 0 {
-                if let Some(other) = addrs.insert(addr, format!("{p}.listen")) {
-                    d.error(
-                        format!("{p}.listen"),
-                        format!("{addr} is already used by {other}"),
-                    );
-                }
+            if addr.port() != 0
+                && let Some(other) = addrs.insert(addr, format!("{p}.listen"))
+            {
+                d.error(
+                    format!("{p}.listen"),
+                    format!("{addr} is already used by {other}"),
+                );
             }
         }
         if l.max_connections == 0 {
@@ -267,28 +267,28 @@ fn check_routes<'a>(d: &mut Diagnostics, config: &'a Config, used: &mut HashSet<
                 d.warn(format!("{p}.strip_prefix"), "the route's match does not guarantee this prefix; paths without it are sent unchanged");
             }
         }
-        if let Some(h) = &r.host_rewrite {
-            if h.is_empty() || HeaderValue::from_str(h).is_err() || h.contains(['/', ' ']) {
-                d.error(
-                    format!("{p}.host_rewrite"),
-                    format!("{h:?} is not a host name"),
-                );
-            }
+        if let Some(h) = &r.host_rewrite
+            && (h.is_empty() || HeaderValue::from_str(h).is_err() || h.contains(['/', ' ']))
+        {
+            d.error(
+                format!("{p}.host_rewrite"),
+                format!("{h:?} is not a host name"),
+            );
         }
         check_rewrite(d, &format!("{p}.request_headers"), &r.request_headers);
         check_rewrite(d, &format!("{p}.response_headers"), &r.response_headers);
         for cluster in route_clusters(r) {
             if let Some(c) = config.clusters.get(cluster) {
-                if let Some(rht) = c.response_header_timeout {
-                    if rht > r.timeout {
-                        d.error(
+                if let Some(rht) = c.response_header_timeout
+                    && rht > r.timeout
+                {
+                    d.error(
                             format!("{p}.timeout"),
                             format!(
                                 "{} is shorter than clusters.{cluster}.response_header_timeout ({rht}): the route would always time out first",
                                 r.timeout
                             ),
                         );
-                    }
                 }
                 if c.connect_timeout > r.timeout {
                     d.error(
@@ -354,22 +354,22 @@ fn check_match(d: &mut Diagnostics, p: &str, m: &RouteMatch) {
         );
     }
     for (key, v) in [("path", &m.path), ("path_prefix", &m.path_prefix)] {
-        if let Some(v) = v {
-            if !v.starts_with('/') {
-                d.error(
-                    format!("{p}.match.{key}"),
-                    format!("{v:?} must start with '/'"),
-                );
-            }
-        }
-    }
-    if let Some(re) = &m.path_regex {
-        if let Err(e) = regex::Regex::new(re) {
+        if let Some(v) = v
+            && !v.starts_with('/')
+        {
             d.error(
-                format!("{p}.match.path_regex"),
-                format!("invalid regex: {}", first_line(&e.to_string())),
+                format!("{p}.match.{key}"),
+                format!("{v:?} must start with '/'"),
             );
         }
+    }
+    if let Some(re) = &m.path_regex
+        && let Err(e) = regex::Regex::new(re)
+    {
+        d.error(
+            format!("{p}.match.path_regex"),
+            format!("invalid regex: {}", first_line(&e.to_string())),
+        );
     }
     for (k, method) in m.methods.iter().enumerate() {
         if method.is_empty()
@@ -397,13 +397,13 @@ fn check_match(d: &mut Diagnostics, p: &str, m: &RouteMatch) {
         if kinds != 1 {
             d.error(&hp, "set exactly one of `value`, `present`, `regex`");
         }
-        if let Some(re) = &h.regex {
-            if let Err(e) = regex::Regex::new(re) {
-                d.error(
-                    format!("{hp}.regex"),
-                    format!("invalid regex: {}", first_line(&e.to_string())),
-                );
-            }
+        if let Some(re) = &h.regex
+            && let Err(e) = regex::Regex::new(re)
+        {
+            d.error(
+                format!("{hp}.regex"),
+                format!("invalid regex: {}", first_line(&e.to_string())),
+            );
         }
     }
 }
@@ -589,7 +589,7 @@ fn check_cluster(
             Some(_) => {}
         },
         _ if c.hash_key.is_some() => {
-            d.warn(format!("{p}.hash_key"), "ignored unless balance = \"hash\"")
+            d.warn(format!("{p}.hash_key"), "ignored unless balance = \"hash\"");
         }
         _ => {}
     }
@@ -609,13 +609,13 @@ fn check_cluster(
             d.error(format!("{p}.{key}"), "must be more than 0s");
         }
     }
-    if let Some(rht) = c.response_header_timeout {
-        if rht.is_zero() {
-            d.error(
-                format!("{p}.response_header_timeout"),
-                "must be more than 0s (omit it to use the route timeout)",
-            );
-        }
+    if let Some(rht) = c.response_header_timeout
+        && rht.is_zero()
+    {
+        d.error(
+            format!("{p}.response_header_timeout"),
+            "must be more than 0s (omit it to use the route timeout)",
+        );
     }
     if c.pool.idle_timeout.is_zero() && c.pool.max_idle_per_endpoint > 0 {
         d.error(
@@ -640,13 +640,13 @@ fn check_cluster(
                 d.error(format!("{p}.tls.ca_file"), e);
             }
         }
-        if let Some(sni) = &tls.sni {
-            if !valid_host_pattern(sni) || sni.starts_with("*.") {
-                d.error(
-                    format!("{p}.tls.sni"),
-                    format!("{sni:?} is not a host name"),
-                );
-            }
+        if let Some(sni) = &tls.sni
+            && (!valid_host_pattern(sni) || sni.starts_with("*."))
+        {
+            d.error(
+                format!("{p}.tls.sni"),
+                format!("{sni:?} is not a host name"),
+            );
         }
     }
     let _ = config;

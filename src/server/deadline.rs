@@ -123,7 +123,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<T> {
                         // HTTP/2 frames (including PINGs) are activity; the idle clock restarts.
                         (_, Some(true)) => this.set(Phase::Idle, this.idle_timeout),
                         (Phase::Idle | Phase::Busy, _) => {
-                            this.set(Phase::Head, this.header_timeout)
+                            this.set(Phase::Head, this.header_timeout);
                         }
                         (Phase::Head, _) => {}
                     }
@@ -233,7 +233,8 @@ mod tests {
             .await
             .unwrap();
         let mut buf = [0u8; 64];
-        io.read(&mut buf).await.unwrap();
+        let n = io.read(&mut buf).await.unwrap();
+        assert!(n > 0);
         let guard = activity.begin();
         // While busy, a long silence is not a timeout.
         let slept = tokio::time::timeout(Duration::from_secs(120), io.read(&mut buf)).await;

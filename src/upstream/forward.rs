@@ -54,24 +54,24 @@ async fn send_h1(
     req: Request<ProxyBody>,
 ) -> Result<Sent, ProxyError> {
     let mut req = req;
-    if let Some(mut sender) = ep.pool.checkout(StdInstant::now()) {
-        if sender.ready().await.is_ok() {
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    return Ok(Sent {
-                        response,
-                        reuse: Some(sender),
-                    });
-                }
-                Err(mut e) => match e.take_message() {
-                    // Never written: the stale-connection case. Go again on a fresh connection.
-                    Some(unsent) => {
-                        tracing::debug!(cluster = %cluster.name, endpoint = %ep.id, "pooled connection was closed; retrying on a fresh one");
-                        req = unsent;
-                    }
-                    None => return Err(map_error(e.error())),
-                },
+    if let Some(mut sender) = ep.pool.checkout(StdInstant::now())
+        && sender.ready().await.is_ok()
+    {
+        match sender.try_send_request(req).await {
+            Ok(response) => {
+                return Ok(Sent {
+                    response,
+                    reuse: Some(sender),
+                });
             }
+            Err(mut e) => match e.take_message() {
+                // Never written: the stale-connection case. Go again on a fresh connection.
+                Some(unsent) => {
+                    tracing::debug!(cluster = %cluster.name, endpoint = %ep.id, "pooled connection was closed; retrying on a fresh one");
+                    req = unsent;
+                }
+                None => return Err(map_error(e.error())),
+            },
         }
     }
     let Fresh::H1(mut sender) = connect(cluster, ep).await? else {
@@ -93,20 +93,20 @@ async fn send_h2(
     req: Request<ProxyBody>,
 ) -> Result<Sent, ProxyError> {
     let mut req = req;
-    if let Some(mut sender) = ep.pool.h2() {
-        if sender.ready().await.is_ok() {
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    return Ok(Sent {
-                        response,
-                        reuse: None,
-                    });
-                }
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(map_error(e.error())),
-                },
+    if let Some(mut sender) = ep.pool.h2()
+        && sender.ready().await.is_ok()
+    {
+        match sender.try_send_request(req).await {
+            Ok(response) => {
+                return Ok(Sent {
+                    response,
+                    reuse: None,
+                });
             }
+            Err(mut e) => match e.take_message() {
+                Some(unsent) => req = unsent,
+                None => return Err(map_error(e.error())),
+            },
         }
     }
     let Fresh::H2(mut sender) = connect(cluster, ep).await? else {

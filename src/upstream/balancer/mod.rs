@@ -117,7 +117,8 @@ impl PickContext<'_> {
 }
 
 /// A load balancer built for one endpoint list.
-#[derive(Debug)]
+// No `derive(Debug)`: `upstream::cluster` implements a terse one (the ring
+// and round-robin state are noise in a `Members` dump).
 pub enum Balancer {
     /// See [`RoundRobin`].
     RoundRobin(RoundRobin),
