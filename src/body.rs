@@ -58,7 +58,9 @@ enum Inner {
 
 pub struct ProxyBody {
     inner: Inner,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// The idle limit and its timer, created on the first wait: small bodies that are already
+    /// buffered never pay for a timer.
+    idle: Option<(Duration, Option<Pin<Box<Sleep>>>)>,
     bytes: u64,
     done: bool,
     failure: Option<&'static str>,
@@ -94,10 +96,9 @@ impl ProxyBody {
 
     /// Streams a peer's body; `idle` bounds the silence between two frames.
     pub fn streaming(body: Incoming, idle: Duration) -> Self {
-        let sleep = Box::pin(tokio::time::sleep(idle));
         Self {
             inner: Inner::Incoming(body),
-            idle: Some((idle, sleep)),
+            idle: Some((idle, None)),
             bytes: 0,
             done: false,
             failure: None,
@@ -164,7 +165,7 @@ impl Body for ProxyBody {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
                 }
-                if let Some((idle, sleep)) = &mut this.idle {
+                if let Some((idle, Some(sleep))) = &mut this.idle {
                     sleep.as_mut().reset(Instant::now() + *idle);
                 }
                 if matches!(this.inner, Inner::Full(None)) {
@@ -183,7 +184,8 @@ impl Body for ProxyBody {
                 Poll::Ready(Some(Err(e)))
             }
             Poll::Pending => {
-                if let Some((_, sleep)) = &mut this.idle {
+                if let Some((idle, sleep)) = &mut this.idle {
+                    let sleep = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(*idle)));
                     ready!(sleep.as_mut().poll(cx));
                     this.failure = Some("SI");
                     this.finish();

@@ -45,11 +45,14 @@ struct Record {
     status: u16,
     flags: &'static str,
     upstream_ms: Option<f64>,
+    /// Decremented when the record is finished, which happens exactly once however the request ends.
+    requests: metrics::Gauge,
     _active: crate::server::deadline::ActiveGuard,
 }
 
 impl Record {
     fn finish(mut self, end: BodyEnd) {
+        self.requests.decrement(1.0);
         let elapsed = self.start.elapsed().as_secs_f64();
         let flags = match (self.flags, end.failure) {
             ("-", Some(f)) => f,
@@ -124,12 +127,12 @@ pub async fn handle(
         status: 0,
         flags: "-",
         upstream_ms: None,
+        requests: conn.listener.gauges.requests.clone(),
         _active: conn.activity.begin(),
     }));
     conn.listener.gauges.requests.increment(1.0);
     let accept = req.headers().get(header::ACCEPT).cloned();
     let result = proxy(req, conn, &snapshot, &mut pending, &request_id).await;
-    conn.listener.gauges.requests.decrement(1.0);
     let Some(mut record) = pending.0.take() else {
         return ProxyError::Internal.into_response(
             &request_id,
@@ -262,16 +265,29 @@ async fn proxy(
         e.client_ip = Some(client_ip);
     }
     route.rewrite.apply_request_headers(&mut parts.headers);
+    // The client's Host is kept as it was sent unless the route rewrites it (or it came as :authority).
     let upstream_host: Option<HeaderValue> = match route.rewrite.host() {
         Some(h) => Some(h.clone()),
+        None if parts.headers.contains_key(header::HOST)
+            && cluster.protocol == UpstreamProtocol::Http1 =>
+        {
+            None
+        }
         None => host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()),
     };
-    let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-    let path = route
-        .rewrite
-        .rewrite_path(path)
-        .unwrap_or_else(|| path.to_owned());
-    parts.uri = upstream_uri(cluster, &path, upstream_host.as_ref())?;
+    let path = match parts.uri.path_and_query() {
+        Some(pq) => match route.rewrite.rewrite_path(pq.as_str()) {
+            Some(new) => PathAndQuery::try_from(new)
+                .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
+            None => pq.clone(),
+        },
+        None => PathAndQuery::from_static("/"),
+    };
+    let authority = upstream_host
+        .as_ref()
+        .or_else(|| parts.headers.get(header::HOST))
+        .and_then(|h| h.to_str().ok());
+    parts.uri = upstream_uri(cluster, path, authority)?;
     match cluster.protocol {
         UpstreamProtocol::Http1 => {
             parts.version = Version::HTTP_11;
@@ -404,22 +420,21 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, ProxyError> {
     }
 }
 
+/// Origin-form for HTTP/1.1 upstreams; absolute (scheme + authority) for HTTP/2, which needs them.
 fn upstream_uri(
     cluster: &Cluster,
-    path: &str,
-    host: Option<&HeaderValue>,
+    path: PathAndQuery,
+    authority: Option<&str>,
 ) -> Result<Uri, ProxyError> {
     match cluster.protocol {
-        UpstreamProtocol::Http1 => path
-            .parse::<Uri>()
-            .map_err(|_| ProxyError::BadRequest("invalid request target")),
+        UpstreamProtocol::Http1 => Ok(Uri::from(path)),
         UpstreamProtocol::H2 => {
             let scheme = if cluster.tls.is_some() {
                 "https"
             } else {
                 "http"
             };
-            let authority = host.and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+            let authority = authority.unwrap_or("localhost");
             Uri::builder()
                 .scheme(scheme)
                 .authority(authority)
