@@ -48,7 +48,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
 
 fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     let snapshot = shared.load();
-    if let Some(token) = &snapshot.config.admin.auth_token {
+    // Liveness and readiness stay open: orchestrators and load balancers probe them without secrets.
+    let probe = matches!(req.uri().path(), "/healthz" | "/ready");
+    if let (false, Some(token)) = (probe, &snapshot.config.admin.auth_token) {
         let ok = req
             .headers()
             .get(header::AUTHORIZATION)
@@ -137,8 +139,8 @@ fn clusters(shared: &Shared) -> serde_json::Value {
                 .collect();
             json!({
                 "name": &*c.name,
-                "balance": format!("{:?}", c.kind),
-                "protocol": format!("{:?}", c.protocol),
+                "balance": c.balance_name(),
+                "protocol": match c.protocol { crate::config::UpstreamProtocol::Http1 => "http1", crate::config::UpstreamProtocol::H2 => "h2" },
                 "endpoints": endpoints,
             })
         })

@@ -135,7 +135,7 @@ fn serve(cli: &Cli, source: Source, demo: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let demo_upstreams = if demo {
             Some(crate::demo::Upstreams::start().await)
         } else {
@@ -172,7 +172,10 @@ fn serve(cli: &Cli, source: Source, demo: bool) -> ExitCode {
         });
         running.shutdown().await;
         ExitCode::SUCCESS
-    })
+    });
+    // Drained already: do not wait for stray tasks (idle demo upstreams, DNS refresh) to notice.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    code
 }
 
 async fn wait_for_signal() {

@@ -7,7 +7,10 @@
 //! `proxy`; the steps themselves live in their own modules.
 
 use std::{
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Instant, SystemTime},
 };
 
@@ -44,7 +47,8 @@ struct Record {
     route: Option<usize>,
     status: u16,
     flags: &'static str,
-    upstream_ms: Option<f64>,
+    upstream_secs: Option<f64>,
+    bytes_in: Option<Arc<AtomicU64>>,
     /// Decremented when the record is finished, which happens exactly once however the request ends.
     requests: metrics::Gauge,
     _active: crate::server::deadline::ActiveGuard,
@@ -64,8 +68,12 @@ impl Record {
         if let Some(mut e) = self.entry.take() {
             e.status = self.status;
             e.bytes_out = end.bytes;
+            e.bytes_in = self
+                .bytes_in
+                .as_ref()
+                .map_or(0, |b| b.load(Ordering::Relaxed));
             e.duration_s = elapsed;
-            e.upstream_duration_s = self.upstream_ms;
+            e.upstream_duration_s = self.upstream_secs;
             e.flags = flags.to_owned();
             self.shared.access_log.write(&e);
         }
@@ -126,7 +134,8 @@ pub async fn handle(
         route: None,
         status: 0,
         flags: "-",
-        upstream_ms: None,
+        upstream_secs: None,
+        bytes_in: None,
         requests: conn.listener.gauges.requests.clone(),
         _active: conn.activity.begin(),
     }));
@@ -161,7 +170,8 @@ pub async fn handle(
     };
     record.status = rsp.status().as_u16();
     if let Some(e) = record.entry.as_mut() {
-        e.client_ip = Some(conn.peer.ip());
+        // Requests refused before forwarding never derived a client IP: log the peer.
+        e.client_ip.get_or_insert(conn.peer.ip());
     }
     let body = std::mem::replace(rsp.body_mut(), ProxyBody::empty());
     *rsp.body_mut() = body.on_end(Box::new(move |end| {
@@ -245,7 +255,6 @@ async fn proxy(
             .is_ok_and(|s| s.to_ascii_lowercase().contains("trailers"))
     });
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-    let hash = hash_of(cluster, &req, conn);
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade.is_some())
         .map_err(|_| ProxyError::BadRequest("Connection names a header that frames the message"))?;
@@ -264,6 +273,7 @@ async fn proxy(
     if let Some(e) = pending.0.as_mut().and_then(|r| r.entry.as_mut()) {
         e.client_ip = Some(client_ip);
     }
+    let hash = hash_of(cluster, &parts, client_ip);
     route.rewrite.apply_request_headers(&mut parts.headers);
     // The client's Host is kept as it was sent unless the route rewrites it (or it came as :authority).
     let upstream_host: Option<HeaderValue> = match route.rewrite.host() {
@@ -308,7 +318,17 @@ async fn proxy(
     let body = if body.is_end_stream() {
         ProxyBody::empty()
     } else {
-        ProxyBody::streaming(body, cluster.body_idle_timeout)
+        let body = ProxyBody::streaming(body, cluster.body_idle_timeout);
+        // The request body's size, for the access log (only counted when someone reads it).
+        match pending.0.as_mut().filter(|r| r.entry.is_some()) {
+            Some(r) => {
+                let counter = Arc::clone(r.bytes_in.get_or_insert_with(Default::default));
+                body.on_end(Box::new(move |end| {
+                    counter.store(end.bytes, Ordering::Relaxed);
+                }))
+            }
+            None => body,
+        }
     };
     let upstream_req = Request::from_parts(parts, body);
 
@@ -330,7 +350,7 @@ async fn proxy(
     let result = forward::send(cluster, &endpoint, upstream_req, header_deadline).await;
     let rtt = sent_at.elapsed();
     if let Some(r) = pending.0.as_mut() {
-        r.upstream_ms = Some(rtt.as_secs_f64());
+        r.upstream_secs = Some(rtt.as_secs_f64());
     }
     let sent = match result {
         Ok(s) => s,
@@ -445,18 +465,23 @@ fn upstream_uri(
     }
 }
 
-/// The request's key for `balance = "hash"`.
-fn hash_of<B>(cluster: &Cluster, req: &Request<B>, conn: &ConnInfo) -> Option<u64> {
+/// The request's key for `balance = "hash"`; `client_ip` is the derived client (trusted proxies
+/// skipped), so a fleet behind a load balancer still spreads by real client.
+fn hash_of(
+    cluster: &Cluster,
+    req: &http::request::Parts,
+    client_ip: std::net::IpAddr,
+) -> Option<u64> {
     let key = cluster.hash_key.as_ref()?;
     match key {
-        HashKey::ClientIp => Some(match conn.peer.ip() {
+        HashKey::ClientIp => Some(match client_ip {
             std::net::IpAddr::V4(v4) => fnv1a(&v4.octets()),
             std::net::IpAddr::V6(v6) => fnv1a(&v6.octets()),
         }),
-        HashKey::Path => Some(fnv1a(req.uri().path().as_bytes())),
-        HashKey::Header(name) => req.headers().get(name).map(|v| fnv1a(v.as_bytes())),
+        HashKey::Path => Some(fnv1a(req.uri.path().as_bytes())),
+        HashKey::Header(name) => req.headers.get(name).map(|v| fnv1a(v.as_bytes())),
         HashKey::Cookie(name) => req
-            .headers()
+            .headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())

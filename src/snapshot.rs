@@ -81,6 +81,9 @@ pub async fn compile(
 ) -> Result<Snapshot, ConfigError> {
     let config = &source.config;
     let diagnostics = config::validate(config, &source.base_dir);
+    for w in &diagnostics.warnings {
+        tracing::warn!(config_warning = %w, "config warning");
+    }
     if !diagnostics.is_ok() {
         return Err(ConfigError {
             problems: diagnostics.errors,
@@ -199,10 +202,10 @@ pub async fn compile(
     let http = HttpPolicy {
         trusted: TrustedProxies::new(trusted),
         add_forwarded: config.http.add_forwarded,
-        via: if config.http.via.is_empty() {
-            None
-        } else {
-            Some(config.http.via.as_str().into())
+        via: match config.http.via.as_deref() {
+            Some("") => None,
+            Some(v) => Some(v.into()),
+            None => Some(config::model::default_via().into()),
         },
         request_id_header: HeaderName::from_bytes(config.http.request_id_header.as_bytes())
             .map_err(|_| ConfigError::one("http.request_id_header", "not a header name"))?,

@@ -140,8 +140,9 @@ pub struct HttpConfig {
     #[serde(default)]
     pub add_forwarded: bool,
     /// Pseudonym in `Via` (both directions); also detects loops (508). Empty disables `Via`.
-    #[serde(default = "default_via")]
-    pub via: String,
+    /// Default: `palisade-<hostname>`, so two tiers of Palisade on different hosts are not a loop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     /// Header carrying the request id (kept when valid, generated otherwise, echoed to the client).
     #[serde(default = "default_request_id_header")]
     pub request_id_header: String,
@@ -155,15 +156,26 @@ impl Default for HttpConfig {
         Self {
             trusted_proxies: Vec::new(),
             add_forwarded: false,
-            via: default_via(),
+            via: None,
             request_id_header: default_request_id_header(),
             error_format: ErrorFormat::Auto,
         }
     }
 }
 
-fn default_via() -> String {
-    "palisade".to_owned()
+/// The `Via` pseudonym used when `http.via` is not set.
+pub fn default_via() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        .collect();
+    if host.is_empty() {
+        "palisade".to_owned()
+    } else {
+        format!("palisade-{host}")
+    }
 }
 
 fn default_request_id_header() -> String {
@@ -447,7 +459,8 @@ pub struct ClusterConfig {
     pub protocol: UpstreamProtocol,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
-    /// Time from the request being sent to the response head; default: only the route's `timeout`.
+    /// Time for one attempt from pool checkout (including connecting) to the response head;
+    /// default: only the route's `timeout` applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response_header_timeout: Option<Dur>,
     /// Longest silence between two reads of a response (or request) body; the stream is cut after it.

@@ -177,7 +177,7 @@ fn check_http(d: &mut Diagnostics, config: &Config) {
             );
         }
     }
-    let via = &config.http.via;
+    let via = config.http.via.as_deref().unwrap_or("palisade");
     if !via.is_empty()
         && !via
             .bytes()

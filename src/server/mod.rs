@@ -41,7 +41,16 @@ pub async fn start(source: &Source) -> Result<Running, ConfigError> {
     crate::metrics::init();
     let snapshot = snapshot::compile(source, None).await?;
     let config = Arc::clone(&snapshot.config);
-    let access_log = AccessLog::open(&config.access_log)
+    // Relative log paths resolve like every other path in the file: from the config's directory.
+    let mut log_cfg = config.access_log.clone();
+    if log_cfg.path != "-" {
+        log_cfg.path = source
+            .base_dir
+            .join(&log_cfg.path)
+            .to_string_lossy()
+            .into_owned();
+    }
+    let access_log = AccessLog::open(&log_cfg)
         .map_err(|e| ConfigError::one("access_log.path", format!("cannot open: {e}")))?;
 
     let mut problems = Vec::new();

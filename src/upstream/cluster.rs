@@ -188,6 +188,17 @@ impl Cluster {
         }
     }
 
+    /// The balancer as written in the config.
+    pub fn balance_name(&self) -> &'static str {
+        match self.kind {
+            BalanceKind::RoundRobin => "round_robin",
+            BalanceKind::LeastRequest => "least_request",
+            BalanceKind::PeakEwma => "peak_ewma",
+            BalanceKind::Random => "random",
+            BalanceKind::Hash => "hash",
+        }
+    }
+
     pub fn members(&self) -> Arc<Members> {
         self.members.load_full()
     }
