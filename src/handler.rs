@@ -375,6 +375,8 @@ async fn proxy(
     // 5. The response: upgrade tunnel, hop-by-hop out, Via, rewrites, request id.
     let tunnel = status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
     if let (true, Some(client)) = (tunnel, client_upgrade) {
+        // From here the client connection is a tunnel: its request deadlines no longer apply.
+        conn.activity.mark_upgraded();
         let upstream = hyper::upgrade::on(&mut response);
         tokio::spawn(upgrade::tunnel(
             client,

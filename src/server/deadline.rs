@@ -6,19 +6,26 @@
 //! bytes of a request arrived: the whole head must follow within the header-read timeout, else an HTTP/1
 //! client gets `408` and the connection closes, however slowly it trickles), and *busy* (a request is
 //! being served: no timer here; body and upstream timeouts govern). The handler marks a request busy
-//! with an [`Activity`] guard that ends when the response body is finished or dropped.
+//! with an [`Activity`] guard that ends when the response body is finished or dropped, and marks the
+//! connection upgraded (a WebSocket tunnel has its own idle timeout) so the clock stops for good.
+//!
+//! It also lets an idle HTTP/1 connection leave hyper: after [`RELEASE_AFTER`] idle, a read ends the
+//! stream, hyper drops its buffers and state, and the socket goes back (through a [`Slot`]) to the
+//! listener, which waits for the next request with no buffer at all. That is what keeps 10,000 idle
+//! keep-alive connections in a few MiB; busy connections never take this path.
 
 use std::{
     io,
     pin::Pin,
     sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
 };
 
+use futures_util::task::AtomicWaker;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     time::{Instant, Sleep},
@@ -27,17 +34,41 @@ use tokio::{
 /// The response sent when a request head does not arrive in time.
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 29\r\nconnection: close\r\n\r\n408 request header timed out\n";
 
+/// How long an HTTP/1 connection stays idle inside hyper before its socket is taken back and hyper's
+/// buffers (8 KiB read + 8 KiB write) are freed. Long enough that a client sending request after
+/// request never pays for a new hyper connection; short next to any keep-alive timeout.
+pub const RELEASE_AFTER: Duration = Duration::from_secs(1);
+
+/// Where a released socket is handed back to the listener, with the time it went idle.
+pub type Slot<T> = Arc<Mutex<Option<(T, Instant)>>>;
+
 /// Requests in flight on one connection, shared by the wrapper and the handler.
 #[derive(Debug, Default)]
 pub struct Activity {
     active: AtomicUsize,
+    /// Requests begun so far: lets the wrapper see that a request came and went between two reads.
+    begun: AtomicUsize,
+    upgraded: AtomicBool,
+    /// The connection's reader, parked while a request was busy: hyper does not read again on its
+    /// own after answering, so the last request to finish wakes it to start the idle clock.
+    reader: AtomicWaker,
 }
 
 impl Activity {
     /// Marks one request busy until the guard drops.
     pub fn begin(self: &Arc<Self>) -> ActiveGuard {
+        self.begun.fetch_add(1, Ordering::AcqRel);
         self.active.fetch_add(1, Ordering::AcqRel);
         ActiveGuard(Arc::clone(self))
+    }
+
+    /// The connection became a tunnel: no more header or idle deadlines from here.
+    pub fn mark_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Release);
+    }
+
+    pub fn upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Acquire)
     }
 
     fn busy(&self) -> bool {
@@ -50,7 +81,9 @@ pub struct ActiveGuard(Arc<Activity>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::AcqRel);
+        if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.reader.wake();
+        }
     }
 }
 
@@ -62,7 +95,8 @@ enum Phase {
 }
 
 pub struct DeadlineIo<T> {
-    inner: T,
+    /// `None` only after the socket was handed back to the slot.
+    inner: Option<T>,
     activity: Arc<Activity>,
     phase: Phase,
     timer: Pin<Box<Sleep>>,
@@ -70,6 +104,12 @@ pub struct DeadlineIo<T> {
     idle_timeout: Duration,
     /// HTTP/2 multiplexes: no head phase, only idle. Decided from the first bytes (or ALPN).
     h2: Option<bool>,
+    /// When set, an idle HTTP/1 connection is handed back here after `RELEASE_AFTER`.
+    release: Option<Slot<T>>,
+    released: bool,
+    idle_since: Instant,
+    /// `Activity::begun` as last seen.
+    seen_begun: usize,
 }
 
 impl<T> DeadlineIo<T> {
@@ -84,20 +124,59 @@ impl<T> DeadlineIo<T> {
         // A new connection must start its first request within the header timeout (it is a head in
         // all but name: a client that connects and says nothing is a slowloris too).
         let timer = Box::pin(tokio::time::sleep(header_timeout));
+        let seen_begun = activity.begun.load(Ordering::Acquire);
         Self {
-            inner,
+            inner: Some(inner),
             activity,
             phase: Phase::Head,
             timer,
             header_timeout,
             idle_timeout,
             h2,
+            release: None,
+            released: false,
+            idle_since: Instant::now(),
+            seen_begun,
         }
+    }
+
+    /// Allows release on idle into `slot` (plaintext only: the caller must be able to resume it).
+    pub fn with_release(mut self, slot: Slot<T>) -> Self {
+        self.release = Some(slot);
+        self
     }
 
     fn set(&mut self, phase: Phase, after: Duration) {
         self.phase = phase;
-        self.timer.as_mut().reset(Instant::now() + after);
+        let now = Instant::now();
+        if phase == Phase::Idle {
+            self.idle_since = now;
+        }
+        self.timer.as_mut().reset(now + after);
+    }
+
+    /// The idle phase's timer: the release point when release is possible, else the idle timeout.
+    fn idle_deadline(&self) -> Duration {
+        match (&self.release, self.h2) {
+            (Some(_), Some(false)) => RELEASE_AFTER.min(self.idle_timeout),
+            _ => self.idle_timeout,
+        }
+    }
+
+    fn inner(&mut self) -> io::Result<&mut T> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "socket released"))
+    }
+}
+
+impl<T> Drop for DeadlineIo<T> {
+    fn drop(&mut self) {
+        if self.released
+            && let (Some(slot), Some(io)) = (&self.release, self.inner.take())
+        {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some((io, self.idle_since));
+        }
     }
 }
 
@@ -108,9 +187,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.released {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let busy = this.activity.busy();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let begun = this.activity.begun.load(Ordering::Acquire);
+        if begun != this.seen_begun {
+            // A request was dispatched since we last looked, whether or not hyper read meanwhile:
+            // the head we were timing is complete.
+            this.seen_begun = begun;
+            this.phase = Phase::Busy;
+        }
+        let upgraded = this.activity.upgraded();
+        let polled = Pin::new(this.inner()?).poll_read(cx, buf);
+        if upgraded {
+            // A tunnel: the upgrade's own idle timeout governs.
+            return polled;
+        }
+        match polled {
             Poll::Ready(Ok(())) => {
                 let got = &buf.filled()[before..];
                 if this.h2.is_none() && !got.is_empty() {
@@ -134,25 +229,41 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<T> {
             Poll::Pending => {
                 if busy {
                     this.phase = Phase::Busy;
+                    this.activity.reader.register(cx.waker());
+                    // The request may have finished between the check and the registration.
+                    if this.activity.busy() {
+                        return Poll::Pending;
+                    }
+                    cx.waker().wake_by_ref();
                     return Poll::Pending;
                 }
                 if this.phase == Phase::Busy {
-                    this.set(Phase::Idle, this.idle_timeout);
+                    let after = this.idle_deadline();
+                    this.set(Phase::Idle, after);
                 }
                 if this.timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 if this.phase == Phase::Head && this.h2 != Some(true) {
                     // Best effort: a fresh socket buffer takes 150 bytes without blocking.
-                    let _ = Pin::new(&mut this.inner).poll_write(cx, TIMEOUT_408);
-                    let _ = Pin::new(&mut this.inner).poll_flush(cx);
+                    let inner = this.inner()?;
+                    let _ = Pin::new(&mut *inner).poll_write(cx, TIMEOUT_408);
+                    let _ = Pin::new(inner).poll_flush(cx);
                     metrics::counter!("palisade_request_header_timeouts_total").increment(1);
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "request header timeout",
                     )));
                 }
-                // Idle: end of stream, so hyper closes the connection quietly.
+                // Idle. Before the idle timeout, with somewhere to go: hand the socket back (hyper
+                // sees the end of the stream at a message boundary, with nothing buffered, and
+                // frees its state). Otherwise the end of the stream closes the connection quietly.
+                if this.release.is_some()
+                    && this.h2 == Some(false)
+                    && this.idle_since.elapsed() < this.idle_timeout
+                {
+                    this.released = true;
+                }
                 Poll::Ready(Ok(()))
             }
         }
@@ -165,23 +276,29 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(self.inner()?).poll_write(cx, buf)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        Pin::new(self.inner()?).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner
+            .as_ref()
+            .is_some_and(AsyncWrite::is_write_vectored)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(self.inner()?).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if self.released {
+            // The socket lives on outside hyper: hyper's end-of-connection shutdown is not ours.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(self.inner()?).poll_shutdown(cx)
     }
 }
 
@@ -215,6 +332,112 @@ mod tests {
         let mut got = vec![0u8; TIMEOUT_408.len()];
         cr.read_exact(&mut got).await.unwrap();
         assert!(got.starts_with(b"HTTP/1.1 408"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_served_without_reads_in_between_leaves_the_connection_idle_not_timing_a_head()
+     {
+        let (client, server) = duplex(4096);
+        let activity = Arc::new(Activity::default());
+        let mut io = DeadlineIo::new(
+            server,
+            Arc::clone(&activity),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            None,
+        );
+        let (mut cr, mut cw) = tokio::io::split(client);
+        cw.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        // Served and finished with no read in between (hyper need not read while it answers).
+        drop(activity.begin());
+        // No 408 at the header deadline: the connection idles until the idle timeout, then EOF.
+        let start = Instant::now();
+        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert!(
+            start.elapsed() >= Duration::from_secs(60),
+            "closed after {:?}",
+            start.elapsed()
+        );
+        drop(io);
+        let mut rest = Vec::new();
+        cr.read_to_end(&mut rest).await.unwrap();
+        assert!(
+            rest.is_empty(),
+            "nothing may be written to an idle connection: {rest:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reader_parked_during_a_request_is_woken_to_time_the_idle_connection() {
+        let (client, server) = duplex(4096);
+        let activity = Arc::new(Activity::default());
+        let mut io = DeadlineIo::new(
+            server,
+            Arc::clone(&activity),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            None,
+        );
+        let (_cr, mut cw) = tokio::io::split(client);
+        cw.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        let guard = activity.begin();
+        // hyper parks one read while it answers and does not read again by itself afterwards.
+        let reader = tokio::spawn(async move {
+            let n = io.read(&mut buf).await.unwrap();
+            (n, Instant::now())
+        });
+        tokio::task::yield_now().await;
+        let finished = Instant::now();
+        drop(guard);
+        let (n, at) = tokio::time::timeout(Duration::from_secs(600), reader)
+            .await
+            .expect("the parked reader must be woken when the request ends")
+            .unwrap();
+        assert_eq!(n, 0);
+        assert_eq!(at - finished, Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_http1_connection_is_released_into_its_slot() {
+        let (client, server) = duplex(4096);
+        let activity = Arc::new(Activity::default());
+        let slot: Slot<tokio::io::DuplexStream> = Arc::default();
+        let mut io = DeadlineIo::new(
+            server,
+            Arc::clone(&activity),
+            Duration::from_secs(10),
+            Duration::from_secs(60),
+            None,
+        )
+        .with_release(Arc::clone(&slot));
+        let (_cr, mut cw) = tokio::io::split(client);
+        cw.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        drop(activity.begin());
+        let start = Instant::now();
+        assert_eq!(
+            io.read(&mut buf).await.unwrap(),
+            0,
+            "the release looks like the end of the stream to hyper"
+        );
+        assert_eq!(start.elapsed(), RELEASE_AFTER);
+        assert!(
+            slot.lock().unwrap().is_none(),
+            "handed back only when hyper lets go"
+        );
+        drop(io);
+        assert!(slot.lock().unwrap().is_some());
     }
 
     #[tokio::test(start_paused = true)]

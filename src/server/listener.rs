@@ -5,18 +5,27 @@
 //! Accept errors (EMFILE when descriptors run out, or a connection reset before accept) never end the
 //! loop and never spin: resource errors back off and count. Requests themselves are `handler.rs`'s.
 
-use std::{convert::Infallible, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    sync::{Arc, PoisonError},
+    time::Duration,
+};
 
 use hyper::{Request, body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
 use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::deadline::{Activity, DeadlineIo};
+use super::deadline::{Activity, DeadlineIo, Slot};
 use crate::{config::ListenerConfig, handler, metrics::ListenerGauges, snapshot::Shared};
 
 /// What a listener's connections share.
@@ -113,7 +122,10 @@ pub async fn serve(
     drain_timeout: Duration,
 ) {
     let cap = Arc::new(Semaphore::new(ctx.config.max_connections));
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    // Tells every connection to finish: HTTP/1 after its current response (`Connection: close`),
+    // HTTP/2 with GOAWAY, idle ones at once.
+    let drain = CancellationToken::new();
     loop {
         let permit = tokio::select! {
             () = stop.cancelled() => break,
@@ -141,17 +153,19 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let ctx = Arc::clone(&ctx);
         let shared = Arc::clone(&shared);
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        let drain = drain.clone();
+        connections.spawn(async move {
             let _permit = permit;
             ctx.gauges.connections.increment(1.0);
-            serve_connection(stream, peer, &ctx, shared, watcher).await;
+            serve_connection(stream, peer, &ctx, shared, &drain).await;
             ctx.gauges.connections.decrement(1.0);
         });
     }
     drop(listener);
     tracing::info!(listener = %ctx.name, "stopped accepting; draining connections");
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+    drain.cancel();
+    connections.close();
+    if tokio::time::timeout(drain_timeout, connections.wait())
         .await
         .is_err()
     {
@@ -170,72 +184,123 @@ fn is_per_connection(e: &io::Error) -> bool {
 }
 
 async fn serve_connection(
-    stream: tokio::net::TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     ctx: &Arc<ListenerCtx>,
     shared: Arc<Shared>,
-    watcher: hyper_util::server::graceful::Watcher,
+    drain: &CancellationToken,
 ) {
     let activity = Arc::new(Activity::default());
-    let cfg = &ctx.config;
-    let (header, idle) = (cfg.header_read_timeout.get(), cfg.idle_timeout.get());
+    let tls = ctx.tls.is_some();
+    let info = Arc::new(ConnInfo {
+        peer,
+        listener: Arc::clone(ctx),
+        tls,
+        activity: Arc::clone(&activity),
+    });
     match &ctx.tls {
-        None => {
-            let info = Arc::new(ConnInfo {
-                peer,
-                listener: Arc::clone(ctx),
-                tls: false,
-                activity: Arc::clone(&activity),
-            });
-            let io = DeadlineIo::new(stream, activity, header, idle, None);
-            run_http(io, info, shared, ctx, watcher).await;
-        }
-        Some(acceptor) => {
-            let tls = match tokio::time::timeout(header, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    ctx.gauges.handshake_errors.increment(1);
-                    tracing::debug!(listener = %ctx.name, %peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    ctx.gauges.handshake_errors.increment(1);
-                    tracing::debug!(listener = %ctx.name, %peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let info = Arc::new(ConnInfo {
-                peer,
-                listener: Arc::clone(ctx),
-                tls: true,
-                activity: Arc::clone(&activity),
-            });
-            let io = DeadlineIo::new(tls, activity, header, idle, Some(h2));
-            run_http(io, info, shared, ctx, watcher).await;
-        }
+        None => serve_plain(stream, info, ctx, &shared, drain).await,
+        // Boxed: a TLS session is large, and the connection task would otherwise be sized for it
+        // even on plaintext listeners, where idle connections are meant to cost almost nothing.
+        Some(acceptor) => Box::pin(serve_tls(stream, acceptor, info, ctx, &shared, drain)).await,
     }
 }
 
-async fn run_http<T>(
-    io: DeadlineIo<T>,
+async fn serve_tls(
+    stream: TcpStream,
+    acceptor: &TlsAcceptor,
     info: Arc<ConnInfo>,
-    shared: Arc<Shared>,
     ctx: &ListenerCtx,
-    watcher: hyper_util::server::graceful::Watcher,
+    shared: &Arc<Shared>,
+    drain: &CancellationToken,
+) {
+    let cfg = &ctx.config;
+    let (header, idle) = (cfg.header_read_timeout.get(), cfg.idle_timeout.get());
+    let peer = info.peer;
+    let tls = match tokio::time::timeout(header, acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            ctx.gauges.handshake_errors.increment(1);
+            tracing::debug!(listener = %ctx.name, %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            ctx.gauges.handshake_errors.increment(1);
+            tracing::debug!(listener = %ctx.name, %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = DeadlineIo::new(tls, Arc::clone(&info.activity), header, idle, Some(h2));
+    drive(io, &info, shared, ctx, drain).await;
+}
+
+/// Plaintext connections: served by hyper while in use, and held with no buffer at all while idle
+/// (see `deadline.rs`): hyper hands the socket back after a second of idleness and gets a fresh
+/// connection state when the next request's first bytes arrive.
+async fn serve_plain(
+    mut stream: TcpStream,
+    info: Arc<ConnInfo>,
+    ctx: &ListenerCtx,
+    shared: &Arc<Shared>,
+    drain: &CancellationToken,
+) {
+    let cfg = &ctx.config;
+    let (header, idle) = (cfg.header_read_timeout.get(), cfg.idle_timeout.get());
+    let mut h2 = None;
+    loop {
+        let slot: Slot<TcpStream> = Arc::default();
+        let io = DeadlineIo::new(stream, Arc::clone(&info.activity), header, idle, h2)
+            .with_release(Arc::clone(&slot));
+        drive(io, &info, shared, ctx, drain).await;
+        let Some((idle_stream, idle_since)) =
+            slot.lock().unwrap_or_else(PoisonError::into_inner).take()
+        else {
+            return; // closed for real
+        };
+        metrics::counter!("palisade_idle_connections_released_total").increment(1);
+        let left = idle.saturating_sub(idle_since.elapsed());
+        tokio::select! {
+            r = idle_stream.readable() => if r.is_err() { return },
+            () = tokio::time::sleep(left) => return,
+            () = drain.cancelled() => return,
+        }
+        stream = idle_stream;
+        h2 = Some(false);
+    }
+}
+
+/// Runs hyper on one connection until it ends, or until drain asks it to finish gracefully.
+async fn drive<T>(
+    io: DeadlineIo<T>,
+    info: &Arc<ConnInfo>,
+    shared: &Arc<Shared>,
+    ctx: &ListenerCtx,
+    drain: &CancellationToken,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let (info, shared) = (Arc::clone(info), Arc::clone(shared));
     let svc = service_fn(move |req: Request<Incoming>| {
         let info = Arc::clone(&info);
         let shared = Arc::clone(&shared);
         // Boxed so an idle keep-alive connection does not carry the (large) request future inline.
         Box::pin(async move { Ok::<_, Infallible>(handler::handle(req, &info, &shared).await) })
     });
-    let conn = ctx
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
-        tracing::trace!(listener = %ctx.name, error = %e, "connection ended with an error");
+    // Boxed so that its memory is freed when an idle connection leaves hyper.
+    let mut conn = Box::pin(
+        ctx.builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc),
+    );
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::trace!(listener = %ctx.name, error = %e, "connection ended with an error");
+            }
+            return;
+        }
+        () = drain.cancelled() => {}
     }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
