@@ -122,6 +122,15 @@ fn init_logging(cli: &Cli, config: &Config) {
 }
 
 fn serve(cli: &Cli, source: Source, demo: bool) -> ExitCode {
+    // Validate before the config sizes anything (the runtime's worker count, the log filter).
+    let d = config::validate(&source.config, &source.base_dir);
+    if !d.is_ok() && !demo {
+        eprintln!("palisade: invalid configuration {}:", cli.config.display());
+        for e in &d.errors {
+            println!("{e}");
+        }
+        return ExitCode::FAILURE;
+    }
     init_logging(cli, &source.config);
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all().thread_name("palisade-worker");

@@ -26,6 +26,12 @@ pub enum ProxyError {
     BadRequest(&'static str),
     #[error("request target too long")]
     UriTooLong,
+    #[error("{0}")]
+    NotImplemented(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("request body timed out")]
+    ClientTimeout,
     #[error("request loops through this proxy")]
     Loop,
     #[error("no upstream endpoint available")]
@@ -56,6 +62,9 @@ impl ProxyError {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::Loop => StatusCode::LOOP_DETECTED,
             Self::NoHealthyUpstream => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectRefused
@@ -75,6 +84,9 @@ impl ProxyError {
             Self::NoRoute
             | Self::BadRequest(_)
             | Self::UriTooLong
+            | Self::NotImplemented(_)
+            | Self::MethodNotAllowed
+            | Self::ClientTimeout
             | Self::Loop
             | Self::ClientAbort => Side::Downstream,
             Self::NoHealthyUpstream
@@ -102,7 +114,11 @@ impl ProxyError {
     pub fn flag(&self) -> &'static str {
         match self {
             Self::NoRoute => "NR",
-            Self::BadRequest(_) | Self::UriTooLong => "DPE",
+            Self::BadRequest(_)
+            | Self::UriTooLong
+            | Self::NotImplemented(_)
+            | Self::MethodNotAllowed => "DPE",
+            Self::ClientTimeout => "DT",
             Self::Loop => "LOOP",
             Self::NoHealthyUpstream => "UH",
             Self::ConnectRefused | Self::ConnectFailed => "UF",
@@ -118,7 +134,11 @@ impl ProxyError {
 
     /// Whether the downstream connection must close after this answer (framing may be lost).
     pub fn closes_connection(&self) -> bool {
-        matches!(self, Self::BadRequest(_))
+        // After a framing problem or a body that stopped, the message boundary is lost.
+        matches!(
+            self,
+            Self::BadRequest(_) | Self::NotImplemented(_) | Self::ClientTimeout
+        )
     }
 
     /// The response: status, a one-line reason, the request id; JSON when the client asks for it.

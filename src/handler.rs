@@ -20,6 +20,7 @@ use hyper::body::{Body as _, Incoming};
 use crate::{
     access_log::{self, Entry},
     body::{BodyEnd, ProxyBody},
+    checks,
     config::UpstreamProtocol,
     error::{ProxyError, Side},
     headers::{
@@ -114,7 +115,7 @@ pub async fn handle(
             peer: conn.peer.to_string(),
             listener: conn.listener.name.to_string(),
             method: req.method().to_string(),
-            host: request_host(&req)
+            host: checks::host(&req)
                 .ok()
                 .flatten()
                 .unwrap_or_default()
@@ -207,11 +208,7 @@ async fn proxy(
     request_id: &HeaderValue,
 ) -> Result<(Response<ProxyBody>, Option<UpstreamDone>), ProxyError> {
     // 1. Check what hyper let through but we refuse.
-    let uri_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if uri_len > conn.listener.config.max_uri_bytes {
-        return Err(ProxyError::UriTooLong);
-    }
-    let host = request_host(&req)?.map(str::to_owned);
+    let host = checks::check(&req, conn.listener.config.max_uri_bytes)?.map(str::to_owned);
     if let Some(via) = &snapshot.http.via
         && via_contains(req.headers(), via)
     {
@@ -249,7 +246,8 @@ async fn proxy(
 
     // 3. The upstream request: hop-by-hop out, forwarding headers in, route rewrites.
     let upgrade = upgrade_protocol(req.headers());
-    // `TE: trailers` is hop-by-hop but gRPC needs it end to end on HTTP/2; it is restored below.
+    // `TE: trailers` is hop-by-hop, but an upstream needs it to send trailers (gRPC above all);
+    // it is restored below after stripping.
     let wants_trailers = req.headers().get_all(header::TE).iter().any(|v| {
         v.to_str()
             .is_ok_and(|s| s.to_ascii_lowercase().contains("trailers"))
@@ -278,7 +276,9 @@ async fn proxy(
     // The client's Host is kept as it was sent unless the route rewrites it (or it came as :authority).
     let upstream_host: Option<HeaderValue> = match route.rewrite.host() {
         Some(h) => Some(h.clone()),
+        // An HTTP/2 client's `host` may differ from `:authority`, which routing used and wins.
         None if parts.headers.contains_key(header::HOST)
+            && parts.version != Version::HTTP_2
             && cluster.protocol == UpstreamProtocol::Http1 =>
         {
             None
@@ -308,12 +308,13 @@ async fn proxy(
         UpstreamProtocol::H2 => {
             parts.version = Version::HTTP_2;
             parts.headers.remove(header::HOST);
-            if wants_trailers {
-                parts
-                    .headers
-                    .insert(header::TE, HeaderValue::from_static("trailers"));
-            }
         }
+    }
+    if wants_trailers {
+        // The client accepts trailers: say so upstream, or an upstream may not send them.
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
     }
     let body = if body.is_end_stream() {
         ProxyBody::empty()
@@ -355,11 +356,15 @@ async fn proxy(
     let sent = match result {
         Ok(s) => s,
         Err(e) => {
-            endpoint.stats.record_failure(rtt, Instant::now());
-            endpoint
-                .metrics
-                .record(e.status().as_u16(), rtt.as_secs_f64());
-            crate::metrics::upstream_failure(&cluster.name, e.flag());
+            // Only the upstream's own failures count against it (a client that sent a bad body
+            // or went away says nothing about the endpoint).
+            if e.side() == Side::Upstream {
+                endpoint.stats.record_failure(rtt, Instant::now());
+                endpoint
+                    .metrics
+                    .record(e.status().as_u16(), rtt.as_secs_f64());
+                crate::metrics::upstream_failure(&cluster.name, e.flag());
+            }
             return Err(e);
         }
     };
@@ -385,6 +390,14 @@ async fn proxy(
         ));
     }
     let (mut parts, body) = response.into_parts();
+    // Framed by Transfer-Encoding: a Content-Length beside it is stale (RFC 9112 §6.3) and would
+    // make a truncated body look complete to the client; the connection is not reused either.
+    let mut reusable = !tunnel;
+    if parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && parts.headers.remove(header::CONTENT_LENGTH).is_some()
+    {
+        reusable = false;
+    }
     if strip_hop_by_hop(&mut parts.headers, tunnel).is_err() {
         return Err(ProxyError::UpstreamProtocol);
     }
@@ -403,43 +416,10 @@ async fn proxy(
     };
     let done = UpstreamDone {
         endpoint,
-        reuse: if tunnel { None } else { sent.reuse },
+        reuse: if reusable { sent.reuse } else { None },
         _in_flight: in_flight,
     };
     Ok((Response::from_parts(parts, body), Some(done)))
-}
-
-/// The request's Host: `:authority` for HTTP/2, the single `Host` field for HTTP/1.1 (RFC 9112 §3.2:
-/// missing, repeated or invalid is a 400). Port and case are left to the router.
-fn request_host<B>(req: &Request<B>) -> Result<Option<&str>, ProxyError> {
-    if req.version() == Version::HTTP_2 {
-        // :authority wins over Host (RFC 9113 §8.3.1).
-        if let Some(a) = req.uri().authority() {
-            return Ok(Some(a.as_str()));
-        }
-    }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let first = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ProxyError::BadRequest("more than one Host header"));
-    }
-    match first {
-        Some(h) => {
-            let h = h
-                .to_str()
-                .map_err(|_| ProxyError::BadRequest("invalid Host header"))?;
-            if h.is_empty() || h.parse::<http::uri::Authority>().is_err() || h.contains('@') {
-                return Err(ProxyError::BadRequest("invalid Host header"));
-            }
-            Ok(Some(h))
-        }
-        None if req.version() == Version::HTTP_11 => match req.uri().authority() {
-            // Absolute-form request-target carries the host (RFC 9112 §3.2.2).
-            Some(a) => Ok(Some(a.as_str())),
-            None => Err(ProxyError::BadRequest("HTTP/1.1 request without Host")),
-        },
-        None => Ok(req.uri().authority().map(http::uri::Authority::as_str)),
-    }
 }
 
 /// Origin-form for HTTP/1.1 upstreams; absolute (scheme + authority) for HTTP/2, which needs them.

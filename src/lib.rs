@@ -6,7 +6,8 @@
 //!
 //! - [`server`]: listeners; accept under a connection cap, TLS ([`tls`]), HTTP/1.1 + HTTP/2, the
 //!   per-connection header/idle deadline.
-//! - [`handler`]: the request path, one function in request order.
+//! - [`handler`]: the request path, one function in request order; [`checks`]: what it refuses
+//!   before routing.
 //! - [`snapshot`]: the immutable runtime view loaded once per request, compiled from [`config`].
 //! - [`route`]: matching a request to a route; rewrites.
 //! - [`headers`]: hop-by-hop, forwarding (`X-Forwarded-*`, `Forwarded`, `Via`) and request ids.
@@ -19,6 +20,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod demo;

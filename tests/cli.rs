@@ -185,7 +185,6 @@ fn run_refuses_a_config_that_does_not_validate_and_exits_1() {
 }
 
 #[test]
-#[ignore = "BUG: `palisade run` builds its runtime from the unvalidated config: `runtime.workers = 0` panics (exit 101)"]
 fn run_refuses_a_bad_config_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "bad.toml", BAD);

@@ -274,7 +274,6 @@ async fn content_length_disagreeing_with_data_is_refused() {
 
 // Row 45.
 #[tokio::test]
-#[ignore = "BUG: an HTTP/2 request's Host header is forwarded to HTTP/1 upstreams even when it differs from :authority (which routing used)"]
 async fn authority_wins_over_a_different_host_header() {
     let up = Upstream::start("up").await;
     let proxy = Proxy::start(&one_route(&[up.addr()])).await;

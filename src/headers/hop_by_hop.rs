@@ -8,9 +8,8 @@
 //!
 //! Does not own: answering 400 / closing on [`HopError`] (the caller does), deciding whether an
 //! upgrade is allowed on a route, HTTP/2 extended CONNECT (`:protocol`, RFC 8441, which hyper
-//! surfaces as an extension, not a field), and re-adding `TE: trailers` towards an HTTP/2 or gRPC
-//! upstream (the forwarder does that after stripping, because it alone knows the upstream
-//! protocol).
+//! surfaces as an extension, not a field), and re-adding `TE: trailers` when the client sent it
+//! (the handler does that after stripping).
 
 use bytes::{BufMut, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -34,11 +33,12 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 
 /// Removed from every message whether or not `Connection` names them. `Upgrade` is handled
 /// separately because a tunnelled upgrade keeps it; `Connection` last, after its tokens are read.
-const ALWAYS_HOP_BY_HOP: [HeaderName; 7] = [
+// `Trailer` is not here: it is end to end (RFC 9110 §6.6.2), and hyper writes only the trailer
+// fields a response's `Trailer` declares, so removing it would drop trailers.
+const ALWAYS_HOP_BY_HOP: [HeaderName; 6] = [
     KEEP_ALIVE,
     PROXY_CONNECTION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
@@ -50,7 +50,7 @@ const ALWAYS_HOP_BY_HOP: [HeaderName; 7] = [
 const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "host"];
 
 /// Removes hop-by-hop fields in place: `Connection` and every field it names, `Keep-Alive`,
-/// `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authenticate`,
+/// `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authenticate`,
 /// `Proxy-Authorization`.
 ///
 /// When `keep_upgrade` is true (an HTTP/1.1 upgrade being tunnelled, e.g. websocket) `Upgrade` is
@@ -251,7 +251,8 @@ mod tests {
         ]);
         strip_hop_by_hop(&mut headers, false).unwrap();
         let names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert!(headers.contains_key("trailer"), "Trailer is end to end");
         assert!(headers.contains_key("authorization"));
         assert!(headers.contains_key("content-type"));
     }
@@ -463,12 +464,11 @@ mod tests {
         }
     }
 
-    const HOP: [&str; 10] = [
+    const HOP: [&str; 9] = [
         "connection",
         "keep-alive",
         "proxy-connection",
         "te",
-        "trailer",
         "transfer-encoding",
         "upgrade",
         "proxy-authenticate",

@@ -16,7 +16,11 @@ use super::{
     connect::{Fresh, connect},
     pool::H1Sender,
 };
-use crate::{body::ProxyBody, config::UpstreamProtocol, error::ProxyError};
+use crate::{
+    body::{BodyError, ProxyBody},
+    config::UpstreamProtocol,
+    error::ProxyError,
+};
 
 /// A response head and, for HTTP/1, the connection to give back once its body is read to the end.
 pub struct Sent {
@@ -57,6 +61,17 @@ async fn send_h1(
     if let Some(mut sender) = ep.pool.checkout(StdInstant::now())
         && sender.ready().await.is_ok()
     {
+        // A reused connection may be closed by the upstream while our request is on the wire
+        // (RFC 9112 §9.3.1). A request that is safe to repeat and has no body to lose is kept
+        // so it can go once more on a fresh connection, as nginx does for keep-alive peers.
+        let replay = (req.method().is_idempotent() && req.body().is_known_empty()).then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.version(),
+                req.headers().clone(),
+            )
+        });
         match sender.try_send_request(req).await {
             Ok(response) => {
                 return Ok(Sent {
@@ -64,13 +79,22 @@ async fn send_h1(
                     reuse: Some(sender),
                 });
             }
-            Err(mut e) => match e.take_message() {
-                // Never written: the stale-connection case. Go again on a fresh connection.
-                Some(unsent) => {
+            Err(mut e) => match (e.take_message(), replay) {
+                // Never written: the stale-connection case.
+                (Some(unsent), _) => {
                     tracing::debug!(cluster = %cluster.name, endpoint = %ep.id, "pooled connection was closed; retrying on a fresh one");
                     req = unsent;
                 }
-                None => return Err(map_error(e.error())),
+                (None, Some((method, uri, version, headers))) if retryable_on_fresh(e.error()) => {
+                    tracing::debug!(cluster = %cluster.name, endpoint = %ep.id, error = %e.error(), "reused connection failed before a response; replaying an idempotent request on a fresh one");
+                    let mut again = Request::new(ProxyBody::empty());
+                    *again.method_mut() = method;
+                    *again.uri_mut() = uri;
+                    *again.version_mut() = version;
+                    *again.headers_mut() = headers;
+                    req = again;
+                }
+                (None, _) => return Err(map_error(e.error())),
             },
         }
     }
@@ -85,6 +109,12 @@ async fn send_h1(
         }),
         Err(e) => Err(map_error(&e)),
     }
+}
+
+/// Errors on a reused connection that say it died, not that the upstream answered badly or slowly.
+fn retryable_on_fresh(e: &hyper::Error) -> bool {
+    !(e.is_parse() || e.is_parse_status() || e.is_parse_too_large() || e.is_timeout())
+        && client_body_error(e).is_none()
 }
 
 async fn send_h2(
@@ -125,6 +155,13 @@ async fn send_h2(
 }
 
 fn map_error(e: &hyper::Error) -> ProxyError {
+    // A request body that failed on the client's side is the client's fault, never the upstream's.
+    if let Some(body) = client_body_error(e) {
+        return match body {
+            BodyError::Idle => ProxyError::ClientTimeout,
+            BodyError::Peer(_) => ProxyError::BadRequest("invalid request body"),
+        };
+    }
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
         ProxyError::UpstreamProtocol
     } else if e.is_timeout() {
@@ -132,4 +169,15 @@ fn map_error(e: &hyper::Error) -> ProxyError {
     } else {
         ProxyError::UpstreamReset
     }
+}
+
+fn client_body_error(e: &hyper::Error) -> Option<&BodyError> {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(b) = c.downcast_ref::<BodyError>() {
+            return Some(b);
+        }
+        cause = c.source();
+    }
+    None
 }
