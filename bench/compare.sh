@@ -12,7 +12,8 @@
 #   DURATION=10         seconds per measured wrk run
 #   WARMUP=2            seconds of unmeasured wrk before each measured run
 #   CONNECTIONS=50      wrk connections (wrk uses 1 thread)
-#   PALISADE_BIN=target/release/palisade   (relative to the crate root)
+#   PALISADE_BIN=target/release/palisade   (relative to the crate root; copied before use)
+#   PALISADE_ENV="VAR=value ..."           extra environment for Palisade (e.g. MIMALLOC_* knobs)
 #   PROXIES="palisade nginx haproxy"       subset / order to run
 #   WAIT_QUIET=0        before each run, wait up to this many seconds for other processes to use
 #                       < 10% of a core (for shared machines; 0 = do not wait)

@@ -14,18 +14,24 @@ bench_init() {
     trap 'exit 143' TERM
 }
 
+# alive PID: true while PID runs (a zombie, exited but not yet reaped, counts as gone).
+alive() {
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
 bench_cleanup() {
-    local pid
+    local pid i
     for pid in "${PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
     for pid in "${PIDS[@]}"; do
         # Bounded wait (2 s), then SIGKILL whatever is left.
-        local i
         for i in 1 2 3 4 5 6 7 8 9 10; do
-            kill -0 "$pid" 2>/dev/null || break
+            alive "$pid" || break
             sleep 0.2
-            [[ $i == 10 ]] && kill -KILL "$pid" 2>/dev/null
+            if ((i == 10)); then kill -KILL "$pid" 2>/dev/null || true; fi
         done
     done
     if [[ -n $WORK && -d $WORK && -z ${KEEP_WORK:-} ]]; then
@@ -75,9 +81,9 @@ stop() {
     local pid=$1 i
     kill -TERM "$pid" 2>/dev/null || return 0
     for i in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
+        alive "$pid" || break
         sleep 0.1
-        [[ $i == 50 ]] && kill -KILL "$pid" 2>/dev/null
+        if ((i == 50)); then kill -KILL "$pid" 2>/dev/null || true; fi
     done
     wait "$pid" 2>/dev/null || true
 }
@@ -269,7 +275,10 @@ start_proxy() {
             local admin
             admin=$(free_port)
             write_palisade_conf "$WORK/palisade.toml" "$port" "$admin" "$up" "$conns"
-            start palisade "$cpu" "$PALISADE_BIN" run -c "$WORK/palisade.toml"
+            # PALISADE_ENV: extra VAR=value words for Palisade's environment (e.g. allocator knobs).
+            local -a penv=()
+            read -r -a penv <<<"${PALISADE_ENV:-}"
+            start palisade "$cpu" env "${penv[@]}" "$PALISADE_BIN" run -c "$WORK/palisade.toml"
             ;;
         nginx)
             write_nginx_proxy_conf "$WORK/nginx.conf" "$port" "$up" "$conns"
@@ -310,6 +319,7 @@ pin_palisade() {
     PALISADE_BIN=$WORK/palisade-bin
     # shellcheck disable=SC2034
     BINARY_NOTE="palisade binary: $src (built $(date -u -r "$src" +%Y-%m-%dT%H:%M:%SZ), sha256 $(sha256sum "$PALISADE_BIN" | cut -c1-16))"
+    if [[ -n ${PALISADE_ENV:-} ]]; then BINARY_NOTE+=", run with PALISADE_ENV=\"$PALISADE_ENV\""; fi
 }
 
 # available_proxies: prints the proxies that can run here, noting the ones skipped.
