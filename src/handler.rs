@@ -142,7 +142,7 @@ pub async fn handle(
     }));
     conn.listener.gauges.requests.increment(1.0);
     let accept = req.headers().get(header::ACCEPT).cloned();
-    let result = proxy(req, conn, &snapshot, &mut pending, &request_id).await;
+    let result = proxy(req, start, conn, &snapshot, &mut pending, &request_id).await;
     let Some(mut record) = pending.0.take() else {
         return ProxyError::Internal.into_response(
             &request_id,
@@ -202,6 +202,7 @@ impl UpstreamDone {
 
 async fn proxy(
     mut req: Request<Incoming>,
+    start: Instant,
     conn: &ConnInfo,
     snapshot: &Snapshot,
     pending: &mut Pending,
@@ -242,7 +243,8 @@ async fn proxy(
             e.cluster = Some(cluster.name.to_string());
         }
     }
-    let deadline = tokio::time::Instant::now() + route.timeout;
+    let routed = tokio::time::Instant::now();
+    let deadline = routed + route.timeout;
 
     // 3. The upstream request: hop-by-hop out, forwarding headers in, route rewrites.
     let upgrade = upgrade_protocol(req.headers());
@@ -336,7 +338,7 @@ async fn proxy(
     // 4. Pick an endpoint and forward.
     let members = cluster.members();
     let idx = cluster
-        .pick(&members, hash, &[], Instant::now())
+        .pick(&members, hash, &[], start)
         .ok_or(ProxyError::NoHealthyUpstream)?;
     let endpoint = Arc::clone(&members.endpoints[idx]);
     if let Some(e) = pending.0.as_mut().and_then(|r| r.entry.as_mut()) {
@@ -345,11 +347,12 @@ async fn proxy(
     let in_flight = endpoint.stats.start();
     let sent_at = Instant::now();
     let header_deadline = match cluster.response_header_timeout {
-        Some(t) => deadline.min(tokio::time::Instant::now() + t),
+        Some(t) => deadline.min(routed + t),
         None => deadline,
     };
     let result = forward::send(cluster, &endpoint, upstream_req, header_deadline).await;
-    let rtt = sent_at.elapsed();
+    let answered = Instant::now();
+    let rtt = answered - sent_at;
     if let Some(r) = pending.0.as_mut() {
         r.upstream_secs = Some(rtt.as_secs_f64());
     }
@@ -359,7 +362,7 @@ async fn proxy(
             // Only the upstream's own failures count against it (a client that sent a bad body
             // or went away says nothing about the endpoint).
             if e.side() == Side::Upstream {
-                endpoint.stats.record_failure(rtt, Instant::now());
+                endpoint.stats.record_failure(rtt, answered);
                 endpoint
                     .metrics
                     .record(e.status().as_u16(), rtt.as_secs_f64());
@@ -371,9 +374,9 @@ async fn proxy(
     let mut response = sent.response;
     let status = response.status();
     if status.is_server_error() {
-        endpoint.stats.record_failure(rtt, Instant::now());
+        endpoint.stats.record_failure(rtt, answered);
     } else {
-        endpoint.stats.record_success(rtt, Instant::now());
+        endpoint.stats.record_success(rtt, answered);
     }
     endpoint.metrics.record(status.as_u16(), rtt.as_secs_f64());
 

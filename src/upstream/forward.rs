@@ -48,7 +48,9 @@ async fn send_inner(
 ) -> Result<Sent, ProxyError> {
     match cluster.protocol {
         UpstreamProtocol::Http1 => send_h1(cluster, ep, req).await,
-        UpstreamProtocol::H2 => send_h2(cluster, ep, req).await,
+        // Boxed, like every path a pooled HTTP/1 request does not take: the request's future is
+        // copied as it moves, so cold paths inline would cost every request.
+        UpstreamProtocol::H2 => Box::pin(send_h2(cluster, ep, req)).await,
     }
 }
 
@@ -98,7 +100,7 @@ async fn send_h1(
             },
         }
     }
-    let Fresh::H1(mut sender) = connect(cluster, ep).await? else {
+    let Fresh::H1(mut sender) = Box::pin(connect(cluster, ep)).await? else {
         return Err(ProxyError::Internal);
     };
     sender.ready().await.map_err(|e| map_error(&e))?;
@@ -139,7 +141,7 @@ async fn send_h2(
             },
         }
     }
-    let Fresh::H2(mut sender) = connect(cluster, ep).await? else {
+    let Fresh::H2(mut sender) = Box::pin(connect(cluster, ep)).await? else {
         return Err(ProxyError::Internal);
     };
     ep.pool.set_h2(sender.clone());
