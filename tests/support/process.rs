@@ -52,7 +52,21 @@ pub fn run(args: &[&str], cwd: &Path) -> (Option<i32>, String, String) {
 impl Palisade {
     /// Starts the binary with `args`.
     pub fn spawn(args: &[&str], cwd: &Path) -> Palisade {
-        let mut child = Command::new(bin())
+        Self::spawn_under(&[], args, cwd)
+    }
+
+    /// Starts the binary through a wrapper that execs it (e.g. `prlimit --nofile=64 --`), so the
+    /// child's pid is still Palisade's.
+    pub fn spawn_under(wrapper: &[&str], args: &[&str], cwd: &Path) -> Palisade {
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = cmd
             .args(args)
             .current_dir(cwd)
             .env_remove("RUST_LOG")
