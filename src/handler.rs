@@ -7,6 +7,7 @@
 //! `proxy`; the steps themselves live in their own modules.
 
 use std::{
+    convert::Infallible,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -99,12 +100,15 @@ impl Drop for Pending {
     }
 }
 
-/// Serves one request. Never fails: errors become responses.
+/// Serves one request. Never fails: errors become responses (`Infallible` is hyper's service
+/// contract). Owns its arguments so hyper can box this future directly, without a wrapper that
+/// would copy it once more.
 pub async fn handle(
     mut req: Request<Incoming>,
-    conn: &ConnInfo,
-    shared: &Arc<Shared>,
-) -> Response<ProxyBody> {
+    conn: Arc<ConnInfo>,
+    shared: Arc<Shared>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let (conn, shared) = (&*conn, &shared);
     let snapshot = shared.load();
     let start = Instant::now();
     let request_id = ensure_request_id(req.headers_mut(), &snapshot.http.request_id_header);
@@ -144,12 +148,12 @@ pub async fn handle(
     let accept = req.headers().get(header::ACCEPT).cloned();
     let result = proxy(req, start, conn, &snapshot, &mut pending, &request_id).await;
     let Some(mut record) = pending.0.take() else {
-        return ProxyError::Internal.into_response(
+        return Ok(ProxyError::Internal.into_response(
             &request_id,
             &snapshot.http.request_id_header,
             snapshot.http.error_format,
             None,
-        );
+        ));
     };
     let (mut rsp, hook): (Response<ProxyBody>, Option<UpstreamDone>) = match result {
         Ok((rsp, done)) => (rsp, done),
@@ -181,7 +185,7 @@ pub async fn handle(
         }
         record.finish(end);
     }));
-    rsp
+    Ok(rsp)
 }
 
 /// Upstream bookkeeping that waits for the response body to end: the in-flight count and the

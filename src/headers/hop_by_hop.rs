@@ -63,6 +63,11 @@ const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "host"];
 /// [`HopError::ConnectionNamesFramingHeader`] if any `Connection` value names `Content-Length`,
 /// `Transfer-Encoding` or `Host` (any case). `headers` is left untouched in that case.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> Result<(), HopError> {
+    // The common message carries none of these: one pass over its few names (standard names
+    // compare as small integers) is cheaper than hashing each of them for a `remove`.
+    if !headers.keys().any(is_hop_by_hop_name) {
+        return Ok(());
+    }
     // Validate every Connection value before touching anything so an error leaves the map as it
     // arrived (the caller may still want to log it).
     for value in &headers.get_all(header::CONNECTION) {
@@ -115,6 +120,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> Result<(
         headers.remove(header::UPGRADE);
     }
     Ok(())
+}
+
+/// Any field `strip_hop_by_hop` might remove or rewrite (custom fields are only ever removed when
+/// `Connection` names them, so `Connection` stands for them).
+fn is_hop_by_hop_name(name: &HeaderName) -> bool {
+    name == header::CONNECTION || name == header::UPGRADE || ALWAYS_HOP_BY_HOP.contains(name)
 }
 
 /// True if the request asks for a protocol upgrade we tunnel: `Connection` contains the token

@@ -6,7 +6,6 @@
 //! loop and never spin: resource errors back off and count. Requests themselves are `handler.rs`'s.
 
 use std::{
-    convert::Infallible,
     io,
     net::SocketAddr,
     sync::{Arc, PoisonError},
@@ -282,10 +281,8 @@ async fn drive<T>(
 {
     let (info, shared) = (Arc::clone(info), Arc::clone(shared));
     let svc = service_fn(move |req: Request<Incoming>| {
-        let info = Arc::clone(&info);
-        let shared = Arc::clone(&shared);
         // Boxed so an idle keep-alive connection does not carry the (large) request future inline.
-        Box::pin(async move { Ok::<_, Infallible>(handler::handle(req, &info, &shared).await) })
+        Box::pin(handler::handle(req, Arc::clone(&info), Arc::clone(&shared)))
     });
     // Boxed so that its memory is freed when an idle connection leaves hyper.
     let mut conn = Box::pin(
