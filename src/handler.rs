@@ -119,11 +119,6 @@ pub async fn handle(
             peer: conn.peer.to_string(),
             listener: conn.listener.name.to_string(),
             method: req.method().to_string(),
-            host: checks::host(&req)
-                .ok()
-                .flatten()
-                .unwrap_or_default()
-                .to_owned(),
             path: req.uri().path().to_owned(),
             protocol: protocol_name(req.version()),
             bytes_in: 0,
@@ -214,6 +209,9 @@ async fn proxy(
 ) -> Result<(Response<ProxyBody>, Option<UpstreamDone>), ProxyError> {
     // 1. Check what hyper let through but we refuse.
     let host = checks::check(&req, conn.listener.config.max_uri_bytes)?.map(str::to_owned);
+    if let (Some(h), Some(e)) = (&host, pending.0.as_mut().and_then(|r| r.entry.as_mut())) {
+        e.host.clone_from(h);
+    }
     if let Some(via) = &snapshot.http.via
         && via_contains(req.headers(), via)
     {
