@@ -540,6 +540,7 @@ async fn successful_requests_are_logged_with_route_cluster_and_upstream() {
         support::client()
             .post(proxy.url("/logged?q=1"))
             .header("x-request-id", "ok-1")
+            .header("host", "shop.example")
             .body("hello"),
     )
     .await;
@@ -550,6 +551,7 @@ async fn successful_requests_are_logged_with_route_cluster_and_upstream() {
     assert_eq!(e["status"], 200);
     assert_eq!(e["method"], "POST");
     assert_eq!(e["path"], "/logged");
+    assert_eq!(e["host"], "shop.example");
     assert_eq!(e["route"], "all");
     assert_eq!(e["cluster"], "up");
     assert_eq!(e["bytes_in"], 5);
