@@ -9,7 +9,6 @@
 
 use std::{
     collections::HashMap,
-    path::Path,
     sync::{
         Arc,
         atomic::{AtomicU8, Ordering},
@@ -59,10 +58,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn cluster(&self, name: &str) -> Option<&Arc<Cluster>> {
-        self.clusters.get(name)
-    }
-
     pub fn request_metrics(
         &self,
         listener: usize,
@@ -296,10 +291,4 @@ impl Shared {
     pub fn set_state(&self, s: State) {
         self.state.store(s as u8, Ordering::Release);
     }
-}
-
-/// Reads, validates and compiles a config file: the one entry point `run` and `validate` share.
-pub async fn load(path: &Path) -> Result<Snapshot, ConfigError> {
-    let source = config::load_file(path)?;
-    compile(&source, None).await
 }

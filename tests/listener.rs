@@ -1,6 +1,7 @@
-//! The listener under resource exhaustion, with the real binary in its own process: when accept
-//! fails for lack of descriptors (EMFILE), Palisade keeps running, does not spin on the error, logs
-//! and counts it, and serves again as soon as descriptors are free (bad-inputs.md row 33).
+//! The listener's limits: its connection cap (connections beyond it wait in the backlog, and are
+//! served as soon as one closes), and resource exhaustion with the real binary in its own process:
+//! when accept fails for lack of descriptors (EMFILE), Palisade keeps running, does not spin on the
+//! error, logs it, and serves again as soon as descriptors are free (bad-inputs.md rows 32–33).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -12,7 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{process::Palisade, upstream::Upstream};
+use support::{
+    Proxy,
+    process::Palisade,
+    raw::{Fate, RawConn},
+    upstream::Upstream,
+};
 
 /// User + system CPU time of a process, in clock ticks (from /proc/PID/stat).
 fn cpu_ticks(pid: u32) -> u64 {
@@ -100,4 +106,36 @@ endpoints = ["{}"]
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let up = Upstream::start("up").await;
+    let proxy = Proxy::start(&format!(
+        "[listeners.web]\nmax_connections = 2\n{}",
+        support::one_route(&[up.addr()])
+    ))
+    .await;
+    let request = b"GET /capped HTTP/1.1\r\nhost: a.test\r\n\r\n";
+    let mut first = RawConn::connect(proxy.addr()).await;
+    first.send(request).await;
+    assert_eq!(first.read_response().await.status, 200);
+    let mut second = RawConn::connect(proxy.addr()).await;
+    second.send(request).await;
+    assert_eq!(second.read_response().await.status, 200);
+
+    // A third connection is over the cap: the kernel holds it, Palisade does not accept it.
+    let mut third = RawConn::connect(proxy.addr()).await;
+    third.send(request).await;
+    assert_eq!(
+        third.fate(Duration::from_millis(500)).await,
+        Fate::Open,
+        "served beyond the cap"
+    );
+    assert_eq!(up.hits(), 2);
+
+    // One closes: the waiting connection is accepted and answered.
+    drop(first);
+    assert_eq!(third.read_response().await.status, 200);
+    assert_eq!(up.hits(), 3);
 }

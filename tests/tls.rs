@@ -127,22 +127,8 @@ async fn proxy_to_tls_upstream(
     tls_keys: &str,
     protocol: &str,
 ) -> Proxy {
-    Proxy::start_logged(&format!(
-        r#"
-[[routes]]
-name = "all"
-cluster = "up"
-[routes.match]
-path_prefix = "/"
-
-[clusters.up]
-endpoints = ["{upstream}"]
-protocol = "{protocol}"
-[clusters.up.tls]
-{tls_keys}
-"#
-    ))
-    .await
+    let cluster = format!("protocol = \"{protocol}\"\n[clusters.up.tls]\n{tls_keys}");
+    Proxy::start_logged(&support::one_route_with(&[upstream], &cluster)).await
 }
 
 #[tokio::test]

@@ -306,37 +306,23 @@ use std::future::Future as _;
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf, duplex};
 
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn slow_head_gets_408_then_error() {
-        let (client, server) = duplex(4096);
-        let activity = Arc::new(Activity::default());
-        let mut io = DeadlineIo::new(
-            server,
-            activity,
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-            None,
-        );
-        let (mut cr, mut cw) = tokio::io::split(client);
-        cw.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        let mut buf = [0u8; 64];
-        let n = io.read(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n");
-        // The rest never comes: the read fails at the deadline and the client got a 408.
-        let err = io.read(&mut buf).await.unwrap_err();
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        let mut got = vec![0u8; TIMEOUT_408.len()];
-        cr.read_exact(&mut got).await.unwrap();
-        assert!(got.starts_with(b"HTTP/1.1 408"));
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+
+    /// A wrapped server end (10 s header timeout, 60 s idle) after its client sent `sent` and the
+    /// wrapper has read it; the client's halves for the test to read from or keep open.
+    struct Conn {
+        io: DeadlineIo<DuplexStream>,
+        activity: Arc<Activity>,
+        client_rx: ReadHalf<DuplexStream>,
+        _client_tx: WriteHalf<DuplexStream>,
+        buf: [u8; 64],
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_request_served_without_reads_in_between_leaves_the_connection_idle_not_timing_a_head()
-     {
+    async fn after_reading(sent: &[u8], slot: Option<Slot<DuplexStream>>) -> Conn {
         let (client, server) = duplex(4096);
         let activity = Arc::new(Activity::default());
         let mut io = DeadlineIo::new(
@@ -346,25 +332,51 @@ mod tests {
             Duration::from_secs(60),
             None,
         );
-        let (mut cr, mut cw) = tokio::io::split(client);
-        cw.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
+        if let Some(slot) = slot {
+            io = io.with_release(slot);
+        }
+        let (client_rx, mut client_tx) = tokio::io::split(client);
+        client_tx.write_all(sent).await.unwrap();
         let mut buf = [0u8; 64];
-        assert!(io.read(&mut buf).await.unwrap() > 0);
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], sent);
+        Conn {
+            io,
+            activity,
+            client_rx,
+            _client_tx: client_tx,
+            buf,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_head_gets_408_then_error() {
+        let mut c = after_reading(b"GET / HTTP/1.1\r\n", None).await;
+        // The rest never comes: the read fails at the deadline and the client got a 408.
+        let err = c.io.read(&mut c.buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let mut got = vec![0u8; TIMEOUT_408.len()];
+        c.client_rx.read_exact(&mut got).await.unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 408"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_served_without_reads_in_between_leaves_the_connection_idle_not_timing_a_head()
+     {
+        let mut c = after_reading(REQUEST, None).await;
         // Served and finished with no read in between (hyper need not read while it answers).
-        drop(activity.begin());
+        drop(c.activity.begin());
         // No 408 at the header deadline: the connection idles until the idle timeout, then EOF.
         let start = Instant::now();
-        assert_eq!(io.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(c.io.read(&mut c.buf).await.unwrap(), 0);
         assert!(
             start.elapsed() >= Duration::from_secs(60),
             "closed after {:?}",
             start.elapsed()
         );
-        drop(io);
+        drop(c.io);
         let mut rest = Vec::new();
-        cr.read_to_end(&mut rest).await.unwrap();
+        c.client_rx.read_to_end(&mut rest).await.unwrap();
         assert!(
             rest.is_empty(),
             "nothing may be written to an idle connection: {rest:?}"
@@ -373,21 +385,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_reader_parked_during_a_request_is_woken_to_time_the_idle_connection() {
-        let (client, server) = duplex(4096);
-        let activity = Arc::new(Activity::default());
-        let mut io = DeadlineIo::new(
-            server,
-            Arc::clone(&activity),
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-            None,
-        );
-        let (_cr, mut cw) = tokio::io::split(client);
-        cw.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 64];
-        assert!(io.read(&mut buf).await.unwrap() > 0);
+        let Conn {
+            mut io,
+            activity,
+            mut buf,
+            _client_tx,
+            client_rx: _client_rx,
+        } = after_reading(REQUEST, None).await;
         let guard = activity.begin();
         // hyper parks one read while it answers and does not read again by itself afterwards.
         let reader = tokio::spawn(async move {
@@ -407,27 +411,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn idle_http1_connection_is_released_into_its_slot() {
-        let (client, server) = duplex(4096);
-        let activity = Arc::new(Activity::default());
-        let slot: Slot<tokio::io::DuplexStream> = Arc::default();
-        let mut io = DeadlineIo::new(
-            server,
-            Arc::clone(&activity),
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-            None,
-        )
-        .with_release(Arc::clone(&slot));
-        let (_cr, mut cw) = tokio::io::split(client);
-        cw.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 64];
-        assert!(io.read(&mut buf).await.unwrap() > 0);
-        drop(activity.begin());
+        let slot: Slot<DuplexStream> = Arc::default();
+        let mut c = after_reading(REQUEST, Some(Arc::clone(&slot))).await;
+        drop(c.activity.begin());
         let start = Instant::now();
         assert_eq!(
-            io.read(&mut buf).await.unwrap(),
+            c.io.read(&mut c.buf).await.unwrap(),
             0,
             "the release looks like the end of the stream to hyper"
         );
@@ -436,31 +425,16 @@ mod tests {
             slot.lock().unwrap().is_none(),
             "handed back only when hyper lets go"
         );
-        drop(io);
+        drop(c.io);
         assert!(slot.lock().unwrap().is_some());
     }
 
     #[tokio::test(start_paused = true)]
     async fn busy_connection_has_no_header_deadline_and_idle_closes_quietly() {
-        let (client, server) = duplex(4096);
-        let activity = Arc::new(Activity::default());
-        let mut io = DeadlineIo::new(
-            server,
-            Arc::clone(&activity),
-            Duration::from_secs(10),
-            Duration::from_secs(60),
-            None,
-        );
-        let (_cr, mut cw) = tokio::io::split(client);
-        cw.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 64];
-        let n = io.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        let guard = activity.begin();
+        let mut c = after_reading(REQUEST, None).await;
+        let guard = c.activity.begin();
         // While busy, a long silence is not a timeout.
-        let slept = tokio::time::timeout(Duration::from_secs(120), io.read(&mut buf)).await;
+        let slept = tokio::time::timeout(Duration::from_secs(120), c.io.read(&mut c.buf)).await;
         assert!(
             slept.is_err(),
             "a busy connection must not time out on reads"
@@ -468,7 +442,7 @@ mod tests {
         drop(guard);
         // Idle now: after the idle timeout the read ends quietly (EOF), with no 408.
         let start = Instant::now();
-        let n = io.read(&mut buf).await.unwrap();
+        let n = c.io.read(&mut c.buf).await.unwrap();
         assert_eq!(n, 0);
         assert!(start.elapsed() >= Duration::from_secs(60));
     }

@@ -95,12 +95,4 @@ impl Pool {
     pub fn set_h2(&self, sender: H2Sender) {
         *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = Some(sender);
     }
-
-    pub fn has_h2(&self) -> bool {
-        self.h2
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|s| !s.is_closed())
-    }
 }
