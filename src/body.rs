@@ -18,6 +18,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::upstream::{forward::UpstreamBody, http1::ResponseBody};
+
 /// How a body ended, handed to the end hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyEnd {
@@ -37,7 +39,7 @@ pub enum BodyError {
     /// No frame within the idle timeout.
     Idle,
     /// The peer's stream failed (reset, closed mid-body, bad chunk).
-    Peer(hyper::Error),
+    Peer(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl fmt::Display for BodyError {
@@ -54,6 +56,8 @@ impl std::error::Error for BodyError {}
 enum Inner {
     Full(Option<Bytes>),
     Incoming(Incoming),
+    /// An upstream HTTP/1.1 response body, read by our own client.
+    H1(ResponseBody),
 }
 
 pub struct ProxyBody {
@@ -98,6 +102,22 @@ impl ProxyBody {
     pub fn streaming(body: Incoming, idle: Duration) -> Self {
         Self {
             inner: Inner::Incoming(body),
+            idle: Some((idle, None)),
+            bytes: 0,
+            done: false,
+            failure: None,
+            on_end: None,
+        }
+    }
+
+    /// Streams an upstream response body; `idle` bounds the silence between two frames.
+    pub fn upstream(body: UpstreamBody, idle: Duration) -> Self {
+        let inner = match body {
+            UpstreamBody::H1(b) => Inner::H1(b),
+            UpstreamBody::H2(b) => Inner::Incoming(b),
+        };
+        Self {
+            inner,
             idle: Some((idle, None)),
             bytes: 0,
             done: false,
@@ -153,12 +173,19 @@ impl Body for ProxyBody {
             Inner::Incoming(body) => match Pin::new(body).poll_frame(cx) {
                 Poll::Ready(Some(Err(e))) => {
                     this.failure = Some("UR");
-                    Poll::Ready(Some(Err(BodyError::Peer(e))))
+                    Poll::Ready(Some(Err(BodyError::Peer(Box::new(e)))))
                 }
                 Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
                 Poll::Ready(None) => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
             },
+            Inner::H1(body) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let Poll::Ready(Some(Err(_))) = &polled {
+                    this.failure = Some("UR");
+                }
+                polled
+            }
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -200,6 +227,7 @@ impl Body for ProxyBody {
         match &self.inner {
             Inner::Full(d) => d.is_none(),
             Inner::Incoming(b) => b.is_end_stream(),
+            Inner::H1(b) => b.is_end_stream(),
         }
     }
 
@@ -208,6 +236,7 @@ impl Body for ProxyBody {
             Inner::Full(Some(d)) => SizeHint::with_exact(d.len() as u64),
             Inner::Full(None) => SizeHint::with_exact(0),
             Inner::Incoming(b) => b.size_hint(),
+            Inner::H1(b) => b.size_hint(),
         }
     }
 }

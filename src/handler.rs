@@ -34,8 +34,8 @@ use crate::{
     snapshot::{Shared, Snapshot},
     upgrade,
     upstream::{
-        cluster::{Cluster, Endpoint, HashKey, fnv1a},
-        forward,
+        cluster::{Cluster, HashKey, fnv1a},
+        forward::{self, UpstreamBody},
     },
 };
 
@@ -175,28 +175,16 @@ pub async fn handle(
     }
     let body = std::mem::replace(rsp.body_mut(), ProxyBody::empty());
     *rsp.body_mut() = body.on_end(Box::new(move |end| {
-        if let Some(done) = hook {
-            done.finish(end.complete);
-        }
+        drop(hook);
         record.finish(end);
     }));
     Ok(rsp)
 }
 
-/// Upstream bookkeeping that waits for the response body to end: the in-flight count and the
-/// connection, which is reused only when the body was read completely.
+/// Upstream bookkeeping that waits for the response body to end: the in-flight count. (The
+/// connection goes back to its pool from the body itself, see `upstream::http1`.)
 struct UpstreamDone {
-    endpoint: Arc<Endpoint>,
-    reuse: Option<crate::upstream::pool::H1Sender>,
     _in_flight: crate::upstream::stats::InFlight,
-}
-
-impl UpstreamDone {
-    fn finish(self, complete: bool) {
-        if let (true, Some(sender)) = (complete, self.reuse) {
-            self.endpoint.pool.checkin(sender, Instant::now());
-        }
-    }
 }
 
 async fn proxy(
@@ -373,7 +361,7 @@ async fn proxy(
             return Err(e);
         }
     };
-    let mut response = sent.response;
+    let response = sent.response;
     let status = response.status();
     if status.is_server_error() {
         endpoint.stats.record_failure(rtt, answered);
@@ -383,25 +371,29 @@ async fn proxy(
     endpoint.metrics.record(status.as_u16(), rtt.as_secs_f64());
 
     // 5. The response: upgrade tunnel, hop-by-hop out, Via, rewrites, request id.
-    let tunnel = status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_some();
-    if let (true, Some(client)) = (tunnel, client_upgrade) {
-        // From here the client connection is a tunnel: its request deadlines no longer apply.
-        conn.activity.mark_upgraded();
-        let upstream = hyper::upgrade::on(&mut response);
-        tokio::spawn(upgrade::tunnel(
-            client,
-            upstream,
-            cluster.tunnel_idle_timeout,
-        ));
-    }
     let (mut parts, body) = response.into_parts();
+    let tunnel = status == StatusCode::SWITCHING_PROTOCOLS;
+    let body = match (tunnel, client_upgrade, body) {
+        (false, _, body) => ProxyBody::upstream(body, cluster.body_idle_timeout),
+        (true, Some(client), UpstreamBody::H1(body)) => {
+            // Only a 101 answering the client's own Upgrade becomes a tunnel.
+            let upstream = body.into_upgraded().ok_or(ProxyError::Internal)?;
+            // From here the client connection is a tunnel: its request deadlines no longer apply.
+            conn.activity.mark_upgraded();
+            tokio::spawn(upgrade::tunnel(
+                client,
+                upstream,
+                cluster.tunnel_idle_timeout,
+            ));
+            ProxyBody::empty()
+        }
+        // A 101 nobody asked for (or over HTTP/2, which has no such thing).
+        (true, _, _) => return Err(ProxyError::UpstreamProtocol),
+    };
     // Framed by Transfer-Encoding: a Content-Length beside it is stale (RFC 9112 §6.3) and would
-    // make a truncated body look complete to the client; the connection is not reused either.
-    let mut reusable = !tunnel;
-    if parts.headers.contains_key(header::TRANSFER_ENCODING)
-        && parts.headers.remove(header::CONTENT_LENGTH).is_some()
-    {
-        reusable = false;
+    // make a truncated body look complete to the client (the connection is not reused either).
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
     }
     if strip_hop_by_hop(&mut parts.headers, tunnel).is_err() {
         return Err(ProxyError::UpstreamProtocol);
@@ -414,14 +406,7 @@ async fn proxy(
         .headers
         .insert(snapshot.http.request_id_header.clone(), request_id.clone());
     parts.version = Version::HTTP_11;
-    let body = if tunnel {
-        ProxyBody::empty()
-    } else {
-        ProxyBody::streaming(body, cluster.body_idle_timeout)
-    };
     let done = UpstreamDone {
-        endpoint,
-        reuse: if reusable { sent.reuse } else { None },
         _in_flight: in_flight,
     };
     Ok((Response::from_parts(parts, body), Some(done)))

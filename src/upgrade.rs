@@ -8,17 +8,24 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Joins the two upgraded halves and copies until close or idle.
-pub async fn tunnel(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+use crate::upstream::http1::Conn;
+
+/// Joins the client's upgraded connection with the upstream's and copies until close or idle.
+pub async fn tunnel(client: OnUpgrade, upstream: Conn, idle: Duration) {
+    let client = match client.await {
+        Ok(c) => c,
         Err(e) => {
             tracing::debug!(error = %e, "upgrade failed");
             return;
         }
     };
+    let (upstream, early) = upstream.into_upgraded();
     let (mut cr, mut cw) = tokio::io::split(TokioIo::new(client));
-    let (mut ur, mut uw) = tokio::io::split(TokioIo::new(upstream));
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    // Bytes the upstream sent right behind its 101 belong to the new protocol.
+    if !early.is_empty() && cw.write_all(&early).await.is_err() {
+        return;
+    }
     let mut cbuf = vec![0u8; 16 * 1024];
     let mut ubuf = vec![0u8; 16 * 1024];
     let (mut c_open, mut u_open) = (true, true);

@@ -1,25 +1,27 @@
 //! Opening a new upstream connection: TCP (with the cluster's connect timeout), TLS when configured
-//! (SNI, verification), then the HTTP/1.1 or HTTP/2 handshake, whose connection task is spawned.
+//! (SNI, verification), then, for HTTP/2, hyper's handshake, whose connection task is spawned. An
+//! HTTP/1.1 connection is ready as it is: our own client (`http1`) drives it from the request.
 //!
 //! Failures are classified (refused / timeout / TLS / other) because operators and later the health
 //! logic need to tell them apart; nothing here retries.
 
 use std::{io, sync::Arc, time::Duration};
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
 use super::{
     cluster::{Cluster, Endpoint},
-    pool::{H1Sender, H2Sender},
+    http1::{Conn, Stream},
+    pool::H2Sender,
 };
 use crate::{error::ProxyError, metrics};
 
 /// A freshly opened connection.
 pub enum Fresh {
-    H1(H1Sender),
+    H1(Conn),
     H2(H2Sender),
 }
 
@@ -47,8 +49,8 @@ async fn open(cluster: &Cluster, ep: &Endpoint) -> Result<Fresh, ProxyError> {
         .await
         .map_err(|e| classify(&e))?;
     let _ = tcp.set_nodelay(true);
-    match &cluster.tls {
-        None => handshake(cluster, TokioIo::new(tcp)).await,
+    let stream = match &cluster.tls {
+        None => Stream::Plain(tcp),
         Some(tls) => {
             let name = match &tls.sni {
                 Some(n) => n.clone(),
@@ -60,28 +62,14 @@ async fn open(cluster: &Cluster, ep: &Endpoint) -> Result<Fresh, ProxyError> {
                 tracing::warn!(cluster = %cluster.name, endpoint = %ep.id, error = %e, "upstream TLS handshake failed");
                 ProxyError::UpstreamTls
             })?;
-            handshake(cluster, TokioIo::new(stream)).await
+            Stream::Tls(Box::new(stream))
         }
-    }
-}
-
-async fn handshake<T>(cluster: &Cluster, io: TokioIo<T>) -> Result<Fresh, ProxyError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
+    };
     match cluster.protocol {
-        crate::config::UpstreamProtocol::Http1 => {
-            let (sender, conn) = http1::Builder::new()
-                .handshake(io)
-                .await
-                .map_err(|_| ProxyError::ConnectFailed)?;
-            tokio::spawn(async move {
-                // The connection's end (an upstream close, a reset) is seen by the requests on it.
-                let _ = conn.with_upgrades().await;
-            });
-            Ok(Fresh::H1(sender))
-        }
+        // Our own client: nothing to hand-shake, and no task to spawn (see `http1`).
+        crate::config::UpstreamProtocol::Http1 => Ok(Fresh::H1(Conn::new(stream))),
         crate::config::UpstreamProtocol::H2 => {
+            let io = TokioIo::new(stream);
             let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(Duration::from_secs(30))

@@ -1,20 +1,22 @@
 //! Sending one request to one endpoint and getting its response head, within a deadline.
 //!
 //! It owns the connection choice (a pooled one first, else a fresh one) and the one retry the core
-//! allows: when a pooled connection turns out to have been closed by the upstream before our request
-//! was written (a keep-alive race, RFC 9112 §9.3.1), hyper hands the request back untouched and it goes
-//! once more on a fresh connection. Choosing the endpoint and any wider retry policy live elsewhere.
+//! allows. A pooled connection the upstream closed while it idled is noticed before use (the socket
+//! turned readable) and skipped. When the close races our request instead (RFC 9112 §9.3.1: our
+//! request is on the wire, the upstream's FIN too), a request that is safe to repeat and has no body
+//! to lose goes once more on a fresh connection, as nginx does for keep-alive peers. Choosing the
+//! endpoint and any wider retry policy live elsewhere.
 
-use std::time::Instant as StdInstant;
+use std::{sync::Arc, time::Instant as StdInstant};
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{
     cluster::{Cluster, Endpoint},
     connect::{Fresh, connect},
-    pool::H1Sender,
+    http1::{self, Conn, HeadError, Outgoing, ResponseBody, SendError},
 };
 use crate::{
     body::{BodyError, ProxyBody},
@@ -22,16 +24,21 @@ use crate::{
     error::ProxyError,
 };
 
-/// A response head and, for HTTP/1, the connection to give back once its body is read to the end.
+/// An upstream response body: our HTTP/1.1 client's, or hyper's for HTTP/2.
+pub enum UpstreamBody {
+    H1(ResponseBody),
+    H2(Incoming),
+}
+
+/// A response head and its body, still on the upstream connection.
 pub struct Sent {
-    pub response: Response<Incoming>,
-    pub reuse: Option<H1Sender>,
+    pub response: Response<UpstreamBody>,
 }
 
 /// Sends `req` to `ep`; the response head must arrive before `deadline`.
 pub async fn send(
     cluster: &Cluster,
-    ep: &Endpoint,
+    ep: &Arc<Endpoint>,
     req: Request<ProxyBody>,
     deadline: Instant,
 ) -> Result<Sent, ProxyError> {
@@ -51,67 +58,97 @@ pub async fn send(
 
 async fn send_h1(
     cluster: &Cluster,
-    ep: &Endpoint,
+    ep: &Arc<Endpoint>,
     req: Request<ProxyBody>,
 ) -> Result<Sent, ProxyError> {
-    let mut req = req;
-    if let Some(mut sender) = ep.pool.checkout(StdInstant::now())
-        && sender.ready().await.is_ok()
-    {
-        // A reused connection may be closed by the upstream while our request is on the wire
-        // (RFC 9112 §9.3.1). A request that is safe to repeat and has no body to lose is kept
-        // so it can go once more on a fresh connection, as nginx does for keep-alive peers.
-        let replay = (req.method().is_idempotent() && req.body().is_known_empty()).then(|| {
-            (
-                req.method().clone(),
-                req.uri().clone(),
-                req.version(),
-                req.headers().clone(),
-            )
-        });
-        match sender.try_send_request(req).await {
-            Ok(response) => {
-                return Ok(Sent {
-                    response,
-                    reuse: Some(sender),
-                });
+    let (parts, body) = req.into_parts();
+    let head_request = parts.method == Method::HEAD;
+    let replayable = parts.method.is_idempotent() && body.is_known_empty();
+    let mut pooled = ep.pool.checkout(StdInstant::now());
+    // The head is encoded into the pooled connection's buffer, reusing its allocation.
+    let mut head = pooled
+        .as_mut()
+        .map(|c| std::mem::take(&mut c.wbuf))
+        .unwrap_or_default();
+    let framing = http1::encode_head(&parts, &body, &mut head);
+    let mut outgoing = Outgoing::new(body, framing);
+    if let Some(mut conn) = pooled.take() {
+        conn.wbuf = head;
+        let mut sent_all = true;
+        match http1::exchange(&mut conn, head_request, &mut outgoing, &mut sent_all).await {
+            Ok(h) => return Ok(respond(conn, h, outgoing, sent_all, ep)),
+            Err(SendError::Closed { answered: false }) if replayable => {
+                tracing::debug!(cluster = %cluster.name, endpoint = %ep.id, "reused connection closed before a response; replaying an idempotent request on a fresh one");
+                head = std::mem::take(&mut conn.wbuf);
             }
-            Err(mut e) => match (e.take_message(), replay) {
-                // Never written: the stale-connection case.
-                (Some(unsent), _) => {
-                    tracing::debug!(cluster = %cluster.name, endpoint = %ep.id, "pooled connection was closed; retrying on a fresh one");
-                    req = unsent;
-                }
-                (None, Some((method, uri, version, headers))) if retryable_on_fresh(e.error()) => {
-                    tracing::debug!(cluster = %cluster.name, endpoint = %ep.id, error = %e.error(), "reused connection failed before a response; replaying an idempotent request on a fresh one");
-                    let mut again = Request::new(ProxyBody::empty());
-                    *again.method_mut() = method;
-                    *again.uri_mut() = uri;
-                    *again.version_mut() = version;
-                    *again.headers_mut() = headers;
-                    req = again;
-                }
-                (None, _) => return Err(map_error(e.error())),
-            },
+            Err(e) => return Err(map_error(e)),
         }
     }
-    let Fresh::H1(mut sender) = Box::pin(connect(cluster, ep)).await? else {
+    let Fresh::H1(mut conn) = Box::pin(connect(cluster, ep)).await? else {
         return Err(ProxyError::Internal);
     };
-    sender.ready().await.map_err(|e| map_error(&e))?;
-    match sender.send_request(req).await {
-        Ok(response) => Ok(Sent {
-            response,
-            reuse: Some(sender),
-        }),
-        Err(e) => Err(map_error(&e)),
+    conn.wbuf = head;
+    let mut sent_all = true;
+    match http1::exchange(&mut conn, head_request, &mut outgoing, &mut sent_all).await {
+        Ok(h) => Ok(respond(conn, h, outgoing, sent_all, ep)),
+        Err(e) => Err(map_error(e)),
     }
 }
 
-/// Errors on a reused connection that say it died, not that the upstream answered badly or slowly.
-fn retryable_on_fresh(e: &hyper::Error) -> bool {
-    !(e.is_parse() || e.is_parse_status() || e.is_parse_too_large() || e.is_timeout())
-        && client_body_error(e).is_none()
+fn respond(
+    mut conn: Conn,
+    head: http1::ResponseHead,
+    outgoing: Option<Box<Outgoing>>,
+    sent_all: bool,
+    ep: &Arc<Endpoint>,
+) -> Sent {
+    let http1::ResponseHead {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    } = head;
+    conn.reused = true;
+    // Framed by Transfer-Encoding with a Content-Length beside it: the message was built by
+    // something confused (RFC 9112 §6.3); do not trust the connection with another request.
+    let keep_alive = keep_alive
+        && !(headers.contains_key(http::header::TRANSFER_ENCODING)
+            && headers.contains_key(http::header::CONTENT_LENGTH));
+    let upgrade = status == http::StatusCode::SWITCHING_PROTOCOLS;
+    let body = ResponseBody::new(
+        conn,
+        framing,
+        keep_alive,
+        upgrade,
+        outgoing,
+        sent_all,
+        Arc::clone(ep),
+    );
+    let mut response = Response::new(UpstreamBody::H1(body));
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Sent { response }
+}
+
+fn map_error(e: SendError) -> ProxyError {
+    match e {
+        // A request body that failed on the client's side is the client's fault, never the
+        // upstream's.
+        SendError::Client(body) => client_body_error(&body),
+        SendError::Invalid(HeadError::TooLarge | HeadError::Invalid(_)) => {
+            ProxyError::UpstreamProtocol
+        }
+        SendError::Closed { .. } => ProxyError::UpstreamReset,
+    }
+}
+
+fn client_body_error(e: &BodyError) -> ProxyError {
+    match e {
+        BodyError::Idle => ProxyError::ClientTimeout,
+        BodyError::Peer(_) => ProxyError::BadRequest("invalid request body"),
+    }
 }
 
 async fn send_h2(
@@ -124,15 +161,10 @@ async fn send_h2(
         && sender.ready().await.is_ok()
     {
         match sender.try_send_request(req).await {
-            Ok(response) => {
-                return Ok(Sent {
-                    response,
-                    reuse: None,
-                });
-            }
+            Ok(response) => return Ok(h2_sent(response)),
             Err(mut e) => match e.take_message() {
                 Some(unsent) => req = unsent,
-                None => return Err(map_error(e.error())),
+                None => return Err(map_hyper_error(e.error())),
             },
         }
     }
@@ -140,24 +172,27 @@ async fn send_h2(
         return Err(ProxyError::Internal);
     };
     ep.pool.set_h2(sender.clone());
-    sender.ready().await.map_err(|e| map_error(&e))?;
+    sender.ready().await.map_err(|e| map_hyper_error(&e))?;
     sender
         .send_request(req)
         .await
-        .map(|response| Sent {
-            response,
-            reuse: None,
-        })
-        .map_err(|e| map_error(&e))
+        .map(h2_sent)
+        .map_err(|e| map_hyper_error(&e))
 }
 
-fn map_error(e: &hyper::Error) -> ProxyError {
-    // A request body that failed on the client's side is the client's fault, never the upstream's.
-    if let Some(body) = client_body_error(e) {
-        return match body {
-            BodyError::Idle => ProxyError::ClientTimeout,
-            BodyError::Peer(_) => ProxyError::BadRequest("invalid request body"),
-        };
+fn h2_sent(response: Response<Incoming>) -> Sent {
+    Sent {
+        response: response.map(UpstreamBody::H2),
+    }
+}
+
+fn map_hyper_error(e: &hyper::Error) -> ProxyError {
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(body) = c.downcast_ref::<BodyError>() {
+            return client_body_error(body);
+        }
+        cause = c.source();
     }
     if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
         ProxyError::UpstreamProtocol
@@ -166,15 +201,4 @@ fn map_error(e: &hyper::Error) -> ProxyError {
     } else {
         ProxyError::UpstreamReset
     }
-}
-
-fn client_body_error(e: &hyper::Error) -> Option<&BodyError> {
-    let mut cause = std::error::Error::source(e);
-    while let Some(c) = cause {
-        if let Some(b) = c.downcast_ref::<BodyError>() {
-            return Some(b);
-        }
-        cause = c.source();
-    }
-    None
 }

@@ -12,16 +12,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 
+use super::http1::Conn;
 use crate::body::ProxyBody;
 
-pub type H1Sender = http1::SendRequest<ProxyBody>;
 pub type H2Sender = http2::SendRequest<ProxyBody>;
 
 #[derive(Debug)]
 struct Idle {
-    sender: H1Sender,
+    conn: Conn,
     since: Instant,
 }
 
@@ -43,33 +43,43 @@ impl Pool {
         }
     }
 
-    /// An idle HTTP/1 connection that is still open and young enough, if any.
-    pub fn checkout(&self, now: Instant) -> Option<H1Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(c) = idle.pop_back() {
-            if !c.sender.is_closed() && now.saturating_duration_since(c.since) < self.idle_timeout {
-                return Some(c.sender);
+    /// An idle HTTP/1 connection that is young enough and still open, if any. (Whether it is open
+    /// is asked outside the lock: see `Conn::is_idle_open`.)
+    pub fn checkout(&self, now: Instant) -> Option<Conn> {
+        loop {
+            let mut c = {
+                let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+                let c = idle.pop_back()?;
+                if now.saturating_duration_since(c.since) >= self.idle_timeout {
+                    // The rest are older still.
+                    idle.clear();
+                    return None;
+                }
+                c
+            };
+            if c.conn.is_idle_open() {
+                return Some(c.conn);
             }
         }
-        None
     }
 
     /// Returns a connection whose last response was read completely.
-    pub fn checkin(&self, sender: H1Sender, now: Instant) {
-        if self.max_idle == 0 || sender.is_closed() {
+    pub fn checkin(&self, conn: Conn, now: Instant) {
+        if self.max_idle == 0 {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
         // Age out from the cold end so connections nobody reuses do not hold descriptors forever.
-        while idle.front().is_some_and(|c| {
-            now.saturating_duration_since(c.since) >= self.idle_timeout || c.sender.is_closed()
-        }) {
+        while idle
+            .front()
+            .is_some_and(|c| now.saturating_duration_since(c.since) >= self.idle_timeout)
+        {
             idle.pop_front();
         }
         if idle.len() >= self.max_idle {
             idle.pop_front();
         }
-        idle.push_back(Idle { sender, since: now });
+        idle.push_back(Idle { conn, since: now });
     }
 
     pub fn idle_count(&self) -> usize {
