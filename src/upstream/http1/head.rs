@@ -11,7 +11,7 @@
 //! upgrades), or deciding what to do with bytes left in the buffer after the
 //! head. Pure functions only; depends on nothing else in the crate.
 
-use std::fmt;
+use std::{fmt, mem::MaybeUninit};
 
 use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -70,15 +70,6 @@ impl fmt::Display for HeadError {
 
 impl std::error::Error for HeadError {}
 
-/// Where one header's name and value live inside the head bytes. Recorded
-/// while httparse still borrows the buffer so that, once the borrow ends and
-/// the head is split off and frozen, values can be sliced out without copying.
-#[derive(Debug, Clone, Copy, Default)]
-struct Span {
-    name: Option<(usize, usize)>,
-    value: Option<(usize, usize)>,
-}
-
 /// Parses one response head from the front of `buf`.
 ///
 /// - `Ok(Some(head))`: the head's bytes were removed from `buf`, which now
@@ -99,14 +90,15 @@ pub fn parse_response(
     max_head_bytes: usize,
 ) -> Result<Option<ResponseHead>, HeadError> {
     let cap = max_headers.min(MAX_HEADERS);
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut spans = [Span::default(); MAX_HEADERS];
-
-    // Scope of the httparse borrow of `buf`: everything we need afterwards is
-    // copied out as plain numbers.
-    let (code, minor, head_len, count) = {
-        let mut resp = httparse::Response::new(slots.get_mut(..cap).unwrap_or_default());
-        let head_len = match resp.parse(buf) {
+    let parser = httparse::ParserConfig::default();
+    // First pass: is the head complete, and how long is it? Only numbers leave this scope, so the
+    // head can then be split off and frozen.
+    let (code, minor, head_len) = {
+        // Uninitialised slots: zeroing 128 of them cost more than parsing a typical head.
+        let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let slots = slots.get_mut(..cap).unwrap_or_default();
+        let mut resp = httparse::Response::new(&mut []);
+        let head_len = match parser.parse_response_with_uninit_headers(&mut resp, buf, slots) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => {
                 return if buf.len() > max_head_bytes {
@@ -121,16 +113,7 @@ pub fn parse_response(
         if head_len > max_head_bytes {
             return Err(HeadError::TooLarge);
         }
-        let base = buf.as_ptr() as usize;
-        let mut count = 0;
-        for (h, span) in resp.headers.iter().zip(spans.iter_mut()) {
-            *span = Span {
-                name: offset_in(base, h.name.as_bytes()),
-                value: offset_in(base, h.value),
-            };
-            count += 1;
-        }
-        (resp.code, resp.version, head_len, count)
+        (resp.code, resp.version, head_len)
     };
 
     let status = match code {
@@ -143,25 +126,24 @@ pub fn parse_response(
         _ => return Err(HeadError::Invalid("version")),
     };
 
+    // Second pass over the frozen head: values become slices of it, shared, not copied. (Parsing
+    // a short head twice is cheaper than recording every field's position the first time.)
     let head = buf.split_to(head_len.min(buf.len())).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
-    for span in spans.get(..count).unwrap_or_default() {
-        let name_bytes = span
-            .name
-            .and_then(|(off, len)| head.get(off..off.checked_add(len)?))
-            .ok_or(HeadError::Invalid("header name"))?;
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let slots = slots.get_mut(..cap).unwrap_or_default();
+    let mut resp = httparse::Response::new(&mut []);
+    if !matches!(
+        parser.parse_response_with_uninit_headers(&mut resp, &head, slots),
+        Ok(httparse::Status::Complete(_))
+    ) {
+        return Err(HeadError::Invalid("head"));
+    }
+    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    for h in resp.headers.iter() {
         let name =
-            HeaderName::from_bytes(name_bytes).map_err(|_| HeadError::Invalid("header name"))?;
-        let value = match span.value {
-            Some((off, len)) if off.checked_add(len).is_some_and(|end| end <= head.len()) => {
-                HeaderValue::from_maybe_shared(head.slice(off..off + len))
-                    .map_err(|_| HeadError::Invalid("header value"))?
-            }
-            // An empty value's pointer need not point into the buffer (the
-            // only way to get `None`); it has no bytes to share anyway.
-            Some((_, 0)) | None => HeaderValue::from_static(""),
-            Some(_) => return Err(HeadError::Invalid("header value")),
-        };
+            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| HeadError::Invalid("header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value))
+            .map_err(|_| HeadError::Invalid("header value"))?;
         headers.append(name, value);
     }
 
@@ -174,14 +156,6 @@ pub fn parse_response(
         framing,
         keep_alive,
     }))
-}
-
-/// Byte offset and length of `part` inside the buffer starting at `base`.
-/// `None` if `part` does not start inside it (only possible for empty slices).
-fn offset_in(base: usize, part: &[u8]) -> Option<(usize, usize)> {
-    (part.as_ptr() as usize)
-        .checked_sub(base)
-        .map(|off| (off, part.len()))
 }
 
 fn httparse_reason(e: httparse::Error) -> &'static str {
