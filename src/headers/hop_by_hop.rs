@@ -31,11 +31,13 @@ pub enum HopError {
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+const ALWAYS_COUNT: usize = 6;
+
 /// Removed from every message whether or not `Connection` names them. `Upgrade` is handled
 /// separately because a tunnelled upgrade keeps it; `Connection` last, after its tokens are read.
 // `Trailer` is not here: it is end to end (RFC 9110 §6.6.2), and hyper writes only the trailer
 // fields a response's `Trailer` declares, so removing it would drop trailers.
-const ALWAYS_HOP_BY_HOP: [HeaderName; 6] = [
+const ALWAYS_HOP_BY_HOP: [HeaderName; ALWAYS_COUNT] = [
     KEEP_ALIVE,
     PROXY_CONNECTION,
     header::TE,
@@ -63,69 +65,68 @@ const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "host"];
 /// [`HopError::ConnectionNamesFramingHeader`] if any `Connection` value names `Content-Length`,
 /// `Transfer-Encoding` or `Host` (any case). `headers` is left untouched in that case.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> Result<(), HopError> {
-    // The common message carries none of these: one pass over its few names (standard names
-    // compare as small integers) is cheaper than hashing each of them for a `remove`.
-    if !headers.keys().any(is_hop_by_hop_name) {
+    // One pass over the names says which hop-by-hop fields are here at all, so a message pays a
+    // hash lookup only for the fields it has (most have `Connection` and nothing else).
+    let mut connection = false;
+    let mut upgrade = false;
+    let mut fixed = [false; ALWAYS_COUNT];
+    for name in headers.keys() {
+        if name == header::CONNECTION {
+            connection = true;
+        } else if name == header::UPGRADE {
+            upgrade = true;
+        } else if let Some(i) = ALWAYS_HOP_BY_HOP.iter().position(|h| h == name) {
+            fixed[i] = true;
+        }
+    }
+    if !connection && !upgrade && !fixed.contains(&true) {
         return Ok(());
     }
-    // Validate every Connection value before touching anything so an error leaves the map as it
-    // arrived (the caller may still want to log it).
-    for value in &headers.get_all(header::CONNECTION) {
-        for token in list_elements(value.as_bytes()) {
-            if let Some(framing) = FRAMING
-                .iter()
-                .find(|framing| token.eq_ignore_ascii_case(framing.as_bytes()))
-            {
-                return Err(HopError::ConnectionNamesFramingHeader(
-                    (*framing).to_owned(),
-                ));
+
+    if connection {
+        let mut named: Vec<HeaderName> = Vec::new();
+        for value in &headers.get_all(header::CONNECTION) {
+            for token in list_elements(value.as_bytes()) {
+                if let Some(framing) = FRAMING
+                    .iter()
+                    .find(|framing| token.eq_ignore_ascii_case(framing.as_bytes()))
+                {
+                    return Err(HopError::ConnectionNamesFramingHeader(
+                        (*framing).to_owned(),
+                    ));
+                }
+                if token.eq_ignore_ascii_case(b"connection")
+                    || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade"))
+                {
+                    continue;
+                }
+                // Only names that are present; `close` and `keep-alive` usually are not.
+                if let Some(name) = headers
+                    .keys()
+                    .find(|name| name.as_str().as_bytes().eq_ignore_ascii_case(token))
+                {
+                    named.push(name.clone());
+                }
             }
+        }
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+
+    for (name, present) in ALWAYS_HOP_BY_HOP.into_iter().zip(fixed) {
+        if present {
+            headers.remove(name);
         }
     }
 
-    // Remove the fields Connection names. Each value is cloned (a reference-count bump, no copy)
-    // so the map can be mutated while its tokens are read; walking by index instead of collecting
-    // keeps this allocation-free. Connection itself is removed only after the loop so the
-    // indices stay valid, hence a `Connection: connection` token is skipped here.
-    let mut index = 0;
-    while let Some(value) = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .nth(index)
-        .cloned()
-    {
-        index += 1;
-        for token in list_elements(value.as_bytes()) {
-            if token.eq_ignore_ascii_case(b"connection")
-                || (keep_upgrade && token.eq_ignore_ascii_case(b"upgrade"))
-            {
-                continue;
-            }
-            // A token that is not UTF-8 cannot be a field name (names are ASCII tokens). The
-            // `&str` lookup lowercases on the stack and treats an invalid name as absent.
-            if let Ok(name) = std::str::from_utf8(token) {
-                headers.remove(name);
-            }
-        }
-    }
-    headers.remove(header::CONNECTION);
-
-    for name in ALWAYS_HOP_BY_HOP {
-        headers.remove(name);
-    }
-
-    if keep_upgrade && retain_tunnel_protocols(headers) {
+    if keep_upgrade && upgrade && retain_tunnel_protocols(headers) {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if upgrade {
         headers.remove(header::UPGRADE);
     }
     Ok(())
-}
-
-/// Any field `strip_hop_by_hop` might remove or rewrite (custom fields are only ever removed when
-/// `Connection` names them, so `Connection` stands for them).
-fn is_hop_by_hop_name(name: &HeaderName) -> bool {
-    name == header::CONNECTION || name == header::UPGRADE || ALWAYS_HOP_BY_HOP.contains(name)
 }
 
 /// True if the request asks for a protocol upgrade we tunnel: `Connection` contains the token
