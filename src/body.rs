@@ -181,8 +181,8 @@ impl Body for ProxyBody {
             },
             Inner::H1(body) => {
                 let polled = Pin::new(body).poll_frame(cx);
-                if let Poll::Ready(Some(Err(_))) = &polled {
-                    this.failure = Some("UR");
+                if let Poll::Ready(Some(Err(e))) = &polled {
+                    this.failure = Some(crate::upstream::http1::failure_flag(e));
                 }
                 polled
             }

@@ -11,7 +11,8 @@
 //! - [`snapshot`]: the immutable runtime view loaded once per request, compiled from [`config`].
 //! - [`route`]: matching a request to a route; rewrites.
 //! - [`headers`]: hop-by-hop, forwarding (`X-Forwarded-*`, `Forwarded`, `Via`) and request ids.
-//! - [`upstream`]: clusters, balancers, connecting, pooling, sending.
+//! - [`upstream`]: clusters, balancers, sending (our own HTTP/1.1 client, hyper for HTTP/2),
+//!   connecting, pooling.
 //! - [`body`]: streaming bodies with idle timeouts and an end hook; [`upgrade`]: WebSocket tunnels.
 //! - [`error`]: every failure and the one place it becomes a response.
 //! - [`access_log`], [`metrics`]: what the operator sees per request; [`admin`]: the admin API.

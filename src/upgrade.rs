@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::upstream::http1::Conn;
 
@@ -23,7 +23,7 @@ pub async fn tunnel(client: OnUpgrade, upstream: Conn, idle: Duration) {
     let (mut cr, mut cw) = tokio::io::split(TokioIo::new(client));
     let (mut ur, mut uw) = tokio::io::split(upstream);
     // Bytes the upstream sent right behind its 101 belong to the new protocol.
-    if !early.is_empty() && cw.write_all(&early).await.is_err() {
+    if !early.is_empty() && send(&mut cw, &early).await.is_err() {
         return;
     }
     let mut cbuf = vec![0u8; 16 * 1024];
@@ -34,11 +34,11 @@ pub async fn tunnel(client: OnUpgrade, upstream: Conn, idle: Duration) {
             tokio::select! {
                 r = cr.read(&mut cbuf), if c_open => match r {
                     Ok(0) | Err(_) => { c_open = false; let _ = uw.shutdown().await; Ok(()) }
-                    Ok(n) => uw.write_all(&cbuf[..n]).await,
+                    Ok(n) => send(&mut uw, &cbuf[..n]).await,
                 },
                 r = ur.read(&mut ubuf), if u_open => match r {
                     Ok(0) | Err(_) => { u_open = false; let _ = cw.shutdown().await; Ok(()) }
-                    Ok(n) => cw.write_all(&ubuf[..n]).await,
+                    Ok(n) => send(&mut cw, &ubuf[..n]).await,
                 },
             }
         })
@@ -52,4 +52,11 @@ pub async fn tunnel(client: OnUpgrade, upstream: Conn, idle: Duration) {
             }
         }
     }
+}
+
+/// Writes and flushes: a TLS stream may keep written bytes inside rustls until flushed, and the
+/// tunnel then only waits on reads, so unflushed bytes would sit there until the next write.
+async fn send<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> std::io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
 }

@@ -7,7 +7,7 @@ mod support;
 
 use std::net::SocketAddr;
 
-use support::{Mode, Proxy, Upstream, client, get, one_route, raw::RawConn, send};
+use support::{Mode, Proxy, Upstream, client, get, get_with, one_route, raw::RawConn, send};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -162,4 +162,22 @@ async fn an_answer_before_the_request_body_is_all_sent_is_relayed() {
 
     assert_eq!(r.status, 413);
     assert_eq!(r.text(), "too big!");
+}
+
+#[tokio::test]
+async fn a_response_ending_in_trailers_frees_its_connection_and_is_logged_complete() {
+    let with_trailers = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-sum\r\n\r\n\
+        3\r\nabc\r\n0\r\nx-sum: 1\r\n\r\n";
+    let up = Upstream::start_with("up", Mode::Raw(with_trailers.to_vec())).await;
+    let proxy = Proxy::start_logged(&one_route(&[up.addr()])).await;
+
+    for id in ["trailers-1", "trailers-2"] {
+        let r = get_with(&proxy.url("/"), &[("x-request-id", id), ("te", "trailers")]).await;
+        assert_eq!(r.text(), "abc");
+    }
+
+    assert_eq!(up.connections(), 1, "the connection went back to the pool");
+    for id in ["trailers-1", "trailers-2"] {
+        assert_eq!(proxy.access_log_entry(id).await["flags"], "-");
+    }
 }

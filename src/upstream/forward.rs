@@ -96,7 +96,7 @@ async fn send_h1(
 }
 
 fn respond(
-    mut conn: Conn,
+    conn: Conn,
     head: http1::ResponseHead,
     outgoing: Option<Box<Outgoing>>,
     sent_all: bool,
@@ -109,7 +109,6 @@ fn respond(
         framing,
         keep_alive,
     } = head;
-    conn.reused = true;
     // Framed by Transfer-Encoding with a Content-Length beside it: the message was built by
     // something confused (RFC 9112 §6.3); do not trust the connection with another request.
     let keep_alive = keep_alive

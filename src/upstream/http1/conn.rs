@@ -35,15 +35,11 @@ pub struct Conn {
     pub(super) rbuf: BytesMut,
     /// The encoded request head; kept with the connection so its allocation is reused.
     pub wbuf: Vec<u8>,
-    /// It carried a response before: the upstream may have closed it while it sat in the pool.
-    pub reused: bool,
 }
 
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Conn")
-            .field("reused", &self.reused)
-            .finish_non_exhaustive()
+        f.debug_struct("Conn").finish_non_exhaustive()
     }
 }
 
@@ -53,7 +49,6 @@ impl Conn {
             stream,
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
-            reused: false,
         }
     }
 

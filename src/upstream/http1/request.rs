@@ -24,7 +24,7 @@ use crate::body::{BodyError, ProxyBody};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     None,
-    Length,
+    Length(u64),
     Chunked,
 }
 
@@ -42,7 +42,7 @@ pub fn encode_head(parts: &Parts, body: &ProxyBody, out: &mut Vec<u8>) -> Framin
         if !parts.headers.contains_key(header::CONTENT_LENGTH) {
             let _ = write!(out, "content-length: {n}\r\n");
         }
-        Framing::Length
+        Framing::Length(n)
     } else {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
         Framing::Chunked
@@ -80,6 +80,9 @@ pub enum OutgoingError {
 pub struct Outgoing {
     body: ProxyBody,
     chunked: bool,
+    /// With a length: the bytes still owed. The upstream reads exactly that many, so a body that
+    /// ran short or long would leave the connection out of step (a smuggling risk); it is refused.
+    owed: Option<u64>,
     /// Framing bytes to write before `data` (a chunk-size line, or the last chunk and trailers).
     prefix: Vec<u8>,
     prefix_at: usize,
@@ -98,6 +101,10 @@ impl Outgoing {
         Some(Box::new(Self {
             body,
             chunked: framing == Framing::Chunked,
+            owed: match framing {
+                Framing::Length(n) => Some(n),
+                Framing::None | Framing::Chunked => None,
+            },
             prefix: Vec::new(),
             prefix_at: 0,
             data: Bytes::new(),
@@ -147,6 +154,11 @@ impl Outgoing {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) => {
+                        if let Some(owed) = &mut self.owed {
+                            *owed = owed
+                                .checked_sub(data.len() as u64)
+                                .ok_or_else(|| length_mismatch("longer"))?;
+                        }
                         if self.chunked {
                             self.prefix.clear();
                             self.prefix_at = 0;
@@ -165,6 +177,9 @@ impl Outgoing {
                 },
                 Some(Err(e)) => return Poll::Ready(Err(OutgoingError::Client(e))),
                 None => {
+                    if self.owed.is_some_and(|owed| owed > 0) {
+                        return Poll::Ready(Err(length_mismatch("shorter")));
+                    }
                     if self.chunked {
                         self.last_chunk(None);
                     }
@@ -194,4 +209,10 @@ impl Outgoing {
         let s = n.min(self.suffix.len());
         self.suffix = self.suffix.get(s..).unwrap_or_default();
     }
+}
+
+fn length_mismatch(how: &'static str) -> OutgoingError {
+    OutgoingError::Client(BodyError::Peer(
+        format!("request body {how} than its Content-Length").into(),
+    ))
 }

@@ -45,7 +45,7 @@ enum State {
     /// A `101`: the connection is waiting to become a tunnel.
     Upgrade,
     /// Failed; the error is reported on the next poll (see `fail`).
-    Failed(Option<ResponseBodyError>),
+    Failed(Option<BodyError>),
 }
 
 pub struct ResponseBody {
@@ -120,7 +120,7 @@ impl ResponseBody {
     /// then the cut.
     fn fail(
         &mut self,
-        e: ResponseBodyError,
+        e: BodyError,
         cx: &Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         self.state = State::Failed(Some(e));
@@ -128,6 +128,20 @@ impl ResponseBody {
         self.outgoing = None;
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+fn upstream_error(e: ResponseBodyError) -> BodyError {
+    BodyError::Peer(Box::new(e))
+}
+
+/// The access-log flag for a body error: the upstream's (`UR`) or the client's upload (`DT` when
+/// it stalled, `DPE` when it was malformed or cut).
+pub fn failure_flag(e: &BodyError) -> &'static str {
+    match e {
+        BodyError::Idle => "DT",
+        BodyError::Peer(p) if p.is::<ResponseBodyError>() => "UR",
+        BodyError::Peer(_) => "DPE",
     }
 }
 
@@ -142,7 +156,7 @@ impl Body for ResponseBody {
         let this = self.get_mut();
         loop {
             if let State::Failed(e) = &mut this.state {
-                return Poll::Ready(e.take().map(|e| Err(BodyError::Peer(Box::new(e)))));
+                return Poll::Ready(e.take().map(Err));
             }
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
@@ -150,13 +164,9 @@ impl Body for ResponseBody {
             if let Some(out) = this.outgoing.as_mut() {
                 match out.poll_send(cx, &mut conn.stream) {
                     Poll::Ready(Ok(())) => this.outgoing = None,
-                    Poll::Ready(Err(OutgoingError::Client(e))) => {
-                        // The client's upload failed while its response streamed: end both.
-                        this.state = State::Done;
-                        this.conn = None;
-                        this.outgoing = None;
-                        return Poll::Ready(Some(Err(e)));
-                    }
+                    // The client's upload failed while its response streamed: end both (the
+                    // error says it was the client's doing).
+                    Poll::Ready(Err(OutgoingError::Client(e))) => return this.fail(e, cx),
                     Poll::Ready(Err(OutgoingError::Upstream(_))) => {
                         this.outgoing = None;
                         this.sent_all = false;
@@ -181,13 +191,18 @@ impl Body for ResponseBody {
                 }
                 State::Chunked(decoder) => match decoder.decode(&mut conn.rbuf) {
                     Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                    Ok(Decoded::Trailers(t)) => return Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                    Ok(Decoded::Trailers(t)) => {
+                        // The trailer section was the body's last byte: hyper stops polling
+                        // after trailers, so the connection goes back now, not on an `End`.
+                        this.release();
+                        return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                    }
                     Ok(Decoded::End) => {
                         this.release();
                         return Poll::Ready(None);
                     }
                     Ok(Decoded::NeedMore) => {}
-                    Err(e) => return this.fail(ResponseBodyError::Chunked(e), cx),
+                    Err(e) => return this.fail(upstream_error(ResponseBodyError::Chunked(e)), cx),
                 },
                 State::Close => {
                     if !conn.rbuf.is_empty() {
@@ -201,7 +216,7 @@ impl Body for ResponseBody {
                     this.release();
                     return Poll::Ready(None);
                 }
-                Ok(0) | Err(_) => return this.fail(ResponseBodyError::Closed, cx),
+                Ok(0) | Err(_) => return this.fail(upstream_error(ResponseBodyError::Closed), cx),
                 Ok(_) => {}
             }
         }
