@@ -233,9 +233,6 @@ async fn proxy(
             e.cluster = Some(cluster.name.to_string());
         }
     }
-    let routed = tokio::time::Instant::now();
-    let deadline = routed + route.timeout;
-
     // 3. The upstream request: hop-by-hop out, forwarding headers in, route rewrites.
     let upgrade = upgrade_protocol(req.headers());
     // `TE: trailers` is hop-by-hop, but an upstream needs it to send trailers (gRPC above all);
@@ -335,12 +332,16 @@ async fn proxy(
         e.upstream = Some(endpoint.id.to_string());
     }
     let in_flight = endpoint.stats.start();
+    // One clock read serves the route's deadline, the pool's idle check and the upstream's
+    // latency (the microseconds spent building the request count towards none of them).
     let sent_at = Instant::now();
-    let header_deadline = match cluster.response_header_timeout {
-        Some(t) => deadline.min(routed + t),
-        None => deadline,
-    };
-    let result = forward::send(cluster, &endpoint, upstream_req, header_deadline).await;
+    let routed = tokio::time::Instant::from_std(sent_at);
+    let header_deadline = routed
+        + match cluster.response_header_timeout {
+            Some(t) => t.min(route.timeout),
+            None => route.timeout,
+        };
+    let result = forward::send(cluster, &endpoint, upstream_req, header_deadline, sent_at).await;
     let answered = Instant::now();
     let rtt = answered - sent_at;
     if let Some(r) = pending.0.as_mut() {

@@ -21,7 +21,7 @@ use std::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
@@ -99,7 +99,12 @@ pub struct DeadlineIo<T> {
     inner: Option<T>,
     activity: Arc<Activity>,
     phase: Phase,
+    /// Armed at `armed`, which is never later than `deadline` (see `set`).
     timer: Pin<Box<Sleep>>,
+    /// When the current phase's limit runs out.
+    deadline: Instant,
+    /// When `timer` fires.
+    armed: Instant,
     header_timeout: Duration,
     idle_timeout: Duration,
     /// HTTP/2 multiplexes: no head phase, only idle. Decided from the first bytes (or ALPN).
@@ -123,19 +128,22 @@ impl<T> DeadlineIo<T> {
     ) -> Self {
         // A new connection must start its first request within the header timeout (it is a head in
         // all but name: a client that connects and says nothing is a slowloris too).
-        let timer = Box::pin(tokio::time::sleep(header_timeout));
+        let now = Instant::now();
+        let timer = Box::pin(tokio::time::sleep_until(now + header_timeout));
         let seen_begun = activity.begun.load(Ordering::Acquire);
         Self {
             inner: Some(inner),
             activity,
             phase: Phase::Head,
             timer,
+            deadline: now + header_timeout,
+            armed: now + header_timeout,
             header_timeout,
             idle_timeout,
             h2,
             release: None,
             released: false,
-            idle_since: Instant::now(),
+            idle_since: now,
             seen_begun,
         }
     }
@@ -146,13 +154,34 @@ impl<T> DeadlineIo<T> {
         self
     }
 
+    /// Enters `phase`, whose limit runs out `after` from now. The timer is moved only when the new
+    /// limit is earlier than where it is armed: moving a tokio timer takes the timer driver's lock,
+    /// and a busy connection changes phase twice per request. A timer that fires before the
+    /// phase's limit is re-armed (`poll_deadline`), at most once per phase.
     fn set(&mut self, phase: Phase, after: Duration) {
         self.phase = phase;
         let now = Instant::now();
         if phase == Phase::Idle {
             self.idle_since = now;
         }
-        self.timer.as_mut().reset(now + after);
+        self.deadline = now + after;
+        if self.deadline < self.armed {
+            self.armed = self.deadline;
+            self.timer.as_mut().reset(self.deadline);
+        }
+    }
+
+    /// Ready when the current phase's limit has run out.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            if self.deadline <= self.armed {
+                return Poll::Ready(());
+            }
+            // Fired at an earlier phase's limit: follow the current one.
+            self.armed = self.deadline;
+            self.timer.as_mut().reset(self.deadline);
+        }
     }
 
     /// The idle phase's timer: the release point when release is possible, else the idle timeout.
@@ -241,7 +270,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for DeadlineIo<T> {
                     let after = this.idle_deadline();
                     this.set(Phase::Idle, after);
                 }
-                if this.timer.as_mut().poll(cx).is_pending() {
+                if this.poll_deadline(cx).is_pending() {
                     return Poll::Pending;
                 }
                 if this.phase == Phase::Head && this.h2 != Some(true) {
@@ -357,6 +386,34 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         let mut got = vec![0u8; TIMEOUT_408.len()];
         c.client_rx.read_exact(&mut got).await.unwrap();
+        assert!(got.starts_with(b"HTTP/1.1 408"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_begun_after_an_idle_spell_gets_its_full_header_timeout_and_no_more() {
+        let Conn {
+            mut io,
+            activity,
+            mut buf,
+            mut client_rx,
+            _client_tx: mut client_tx,
+        } = after_reading(REQUEST, None).await;
+        drop(activity.begin());
+        // Idle: the read parks, timing the 60 s idle limit.
+        let parked = tokio::time::timeout(Duration::from_secs(30), io.read(&mut buf)).await;
+        assert!(parked.is_err(), "still idle after 30 s");
+        // A slow head starts: its 10 s limit is earlier than the idle one the timer is armed for.
+        client_tx
+            .write_all(b"GET /next HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        let started = Instant::now();
+        let err = io.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+        let mut got = vec![0u8; TIMEOUT_408.len()];
+        client_rx.read_exact(&mut got).await.unwrap();
         assert!(got.starts_with(b"HTTP/1.1 408"));
     }
 

@@ -35,18 +35,20 @@ pub struct Sent {
     pub response: Response<UpstreamBody>,
 }
 
-/// Sends `req` to `ep`; the response head must arrive before `deadline`.
+/// Sends `req` to `ep`; the response head must arrive before `deadline`. `now` is the caller's
+/// clock reading (for the pool's idle check).
 pub async fn send(
     cluster: &Cluster,
     ep: &Arc<Endpoint>,
     req: Request<ProxyBody>,
     deadline: Instant,
+    now: StdInstant,
 ) -> Result<Sent, ProxyError> {
     // No wrapper future between the timeout and the send: every layer of `.await` moves its child
     // into place, and these futures are the largest on the request path.
     let sent = match cluster.protocol {
         UpstreamProtocol::Http1 => {
-            tokio::time::timeout_at(deadline, send_h1(cluster, ep, req)).await
+            tokio::time::timeout_at(deadline, send_h1(cluster, ep, req, now)).await
         }
         // Boxed, like every path a pooled HTTP/1 request does not take.
         UpstreamProtocol::H2 => {
@@ -60,11 +62,12 @@ async fn send_h1(
     cluster: &Cluster,
     ep: &Arc<Endpoint>,
     req: Request<ProxyBody>,
+    now: StdInstant,
 ) -> Result<Sent, ProxyError> {
     let (parts, body) = req.into_parts();
     let head_request = parts.method == Method::HEAD;
     let replayable = parts.method.is_idempotent() && body.is_known_empty();
-    let mut pooled = ep.pool.checkout(StdInstant::now());
+    let mut pooled = ep.pool.checkout(now);
     // The head is encoded into the pooled connection's buffer, reusing its allocation.
     let mut head = pooled
         .as_mut()
