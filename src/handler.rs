@@ -36,6 +36,7 @@ use crate::{
     upstream::{
         cluster::{Cluster, HashKey, fnv1a},
         forward::{self, UpstreamBody},
+        stats::InFlight,
     },
 };
 
@@ -150,8 +151,8 @@ pub async fn handle(
             None,
         ));
     };
-    let (mut rsp, hook): (Response<ProxyBody>, Option<UpstreamDone>) = match result {
-        Ok((rsp, done)) => (rsp, done),
+    let (mut rsp, in_flight): (Response<ProxyBody>, Option<InFlight>) = match result {
+        Ok((rsp, in_flight)) => (rsp, Some(in_flight)),
         Err(e) => {
             record.flags = e.flag();
             if e.side() == Side::Upstream {
@@ -175,16 +176,12 @@ pub async fn handle(
     }
     let body = std::mem::replace(rsp.body_mut(), ProxyBody::empty());
     *rsp.body_mut() = body.on_end(Box::new(move |end| {
-        drop(hook);
+        // The endpoint's in-flight count lasts until the response body ends. (Its connection
+        // went back to the pool from the body itself, see `upstream::http1`.)
+        drop(in_flight);
         record.finish(end);
     }));
     Ok(rsp)
-}
-
-/// Upstream bookkeeping that waits for the response body to end: the in-flight count. (The
-/// connection goes back to its pool from the body itself, see `upstream::http1`.)
-struct UpstreamDone {
-    _in_flight: crate::upstream::stats::InFlight,
 }
 
 async fn proxy(
@@ -194,7 +191,7 @@ async fn proxy(
     snapshot: &Snapshot,
     pending: &mut Pending,
     request_id: &HeaderValue,
-) -> Result<(Response<ProxyBody>, Option<UpstreamDone>), ProxyError> {
+) -> Result<(Response<ProxyBody>, InFlight), ProxyError> {
     // 1. Check what hyper let through but we refuse.
     let host = checks::check(&req, conn.listener.config.max_uri_bytes)?.map(str::to_owned);
     if let (Some(h), Some(e)) = (&host, pending.0.as_mut().and_then(|r| r.entry.as_mut())) {
@@ -407,10 +404,7 @@ async fn proxy(
         .headers
         .insert(snapshot.http.request_id_header.clone(), request_id.clone());
     parts.version = Version::HTTP_11;
-    let done = UpstreamDone {
-        _in_flight: in_flight,
-    };
-    Ok((Response::from_parts(parts, body), Some(done)))
+    Ok((Response::from_parts(parts, body), in_flight))
 }
 
 /// Origin-form for HTTP/1.1 upstreams; absolute (scheme + authority) for HTTP/2, which needs them.

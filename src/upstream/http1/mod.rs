@@ -17,7 +17,7 @@ mod response;
 mod stream;
 
 pub use conn::{Conn, MAX_HEAD_BYTES, SendError, exchange};
-pub use head::{Framing, HeadError, ResponseHead};
+pub use head::{HeadError, ResponseHead};
 pub use request::{Outgoing, encode_head};
 pub use response::{ResponseBody, failure_flag};
 pub use stream::Stream;
