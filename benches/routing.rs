@@ -111,6 +111,9 @@ fn route_config(i: usize) -> RouteConfig {
         host_rewrite: None,
         request_headers: HeaderRewrite::default(),
         response_headers: HeaderRewrite::default(),
+        retry: palisade::config::RetryConfig::default(),
+        hedge: None,
+        last_resort: None,
     }
 }
 

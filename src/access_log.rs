@@ -31,6 +31,8 @@ pub struct Entry {
     pub cluster: Option<String>,
     pub upstream: Option<String>,
     pub upstream_duration_s: Option<f64>,
+    /// Attempts made upstream (more than 1 after retries); 0 when none was made.
+    pub attempts: u32,
     /// Envoy-style response flags, comma-separated; "-" when none.
     pub flags: String,
 }

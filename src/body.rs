@@ -58,6 +58,8 @@ enum Inner {
     Incoming(Incoming),
     /// An upstream HTTP/1.1 response body, read by our own client.
     H1(ResponseBody),
+    /// Anything else (a replayed request body, a test's stream); off the hot path, so boxed.
+    Boxed(Pin<Box<dyn Body<Data = Bytes, Error = BodyError> + Send>>),
 }
 
 pub struct ProxyBody {
@@ -126,6 +128,19 @@ impl ProxyBody {
         }
     }
 
+    /// Any body with our error type (a retry's replay of a request body, a test's stream). No idle
+    /// limit of its own: the body inside has one if it needs one.
+    pub fn boxed(body: impl Body<Data = Bytes, Error = BodyError> + Send + 'static) -> Self {
+        Self {
+            inner: Inner::Boxed(Box::pin(body)),
+            idle: None,
+            bytes: 0,
+            done: false,
+            failure: None,
+            on_end: None,
+        }
+    }
+
     /// Runs `hook` once, when the body ends or is dropped.
     pub fn on_end(mut self, hook: EndHook) -> Self {
         self.on_end = Some(hook);
@@ -186,6 +201,7 @@ impl Body for ProxyBody {
                 }
                 polled
             }
+            Inner::Boxed(body) => body.as_mut().poll_frame(cx),
         };
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -228,6 +244,7 @@ impl Body for ProxyBody {
             Inner::Full(d) => d.is_none(),
             Inner::Incoming(b) => b.is_end_stream(),
             Inner::H1(b) => b.is_end_stream(),
+            Inner::Boxed(b) => b.is_end_stream(),
         }
     }
 
@@ -237,6 +254,7 @@ impl Body for ProxyBody {
             Inner::Full(None) => SizeHint::with_exact(0),
             Inner::Incoming(b) => b.size_hint(),
             Inner::H1(b) => b.size_hint(),
+            Inner::Boxed(b) => b.size_hint(),
         }
     }
 }

@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::{
-    config::{self, EndpointConfig, Source},
+    config::{self, EndpointConfig, EndpointSpec, Source},
     server::Running,
 };
 
@@ -69,10 +69,12 @@ impl Upstreams {
                     .addrs
                     .get(n.saturating_sub(1))
                     .map_or_else(String::new, ToString::to_string);
-                *e = EndpointConfig::Detailed {
+                *e = EndpointConfig::Detailed(EndpointSpec {
                     address: addr,
                     weight: e.weight(),
-                };
+                    priority: e.priority(),
+                    zone: e.zone().map(str::to_owned),
+                });
             }
         }
         source

@@ -50,6 +50,10 @@ pub enum ProxyError {
     UpstreamReset,
     #[error("upstream sent an invalid response")]
     UpstreamProtocol,
+    #[error("upstream refused the stream")]
+    RefusedStream,
+    #[error("upstream limit reached")]
+    Overflow(&'static str),
     #[error("client went away")]
     ClientAbort,
     #[error("internal error")]
@@ -71,7 +75,10 @@ impl ProxyError {
             | Self::ConnectFailed
             | Self::UpstreamTls
             | Self::UpstreamReset
-            | Self::UpstreamProtocol => StatusCode::BAD_GATEWAY,
+            | Self::UpstreamProtocol
+            | Self::RefusedStream => StatusCode::BAD_GATEWAY,
+            // A cap of ours, not the upstream's failure: fail fast, come back later.
+            Self::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             // Nobody reads it; nginx's 499 is what operators grep logs for.
             Self::ClientAbort => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
@@ -96,8 +103,10 @@ impl ProxyError {
             | Self::UpstreamTls
             | Self::UpstreamTimeout
             | Self::UpstreamReset
-            | Self::UpstreamProtocol => Side::Upstream,
-            Self::Internal => Side::Internal,
+            | Self::UpstreamProtocol
+            | Self::RefusedStream => Side::Upstream,
+            // Our own cap: no endpoint was tried, so none is to blame.
+            Self::Internal | Self::Overflow(_) => Side::Internal,
         }
     }
 
@@ -127,6 +136,9 @@ impl ProxyError {
             Self::UpstreamTimeout => "UT",
             Self::UpstreamReset => "UC",
             Self::UpstreamProtocol => "UPE",
+            Self::RefusedStream => "URX",
+            // Envoy's "upstream overflow" flag.
+            Self::Overflow(_) => "UO",
             Self::ClientAbort => "DC",
             Self::Internal => "LR",
         }

@@ -29,13 +29,17 @@ use crate::{
         hop_by_hop::{strip_hop_by_hop, upgrade_protocol},
         request_id::ensure_request_id,
     },
-    route::router::RouteRequest,
+    health::outlier::Outcome,
+    route::router::{LastResort, RouteRequest},
     server::listener::ConnInfo,
     snapshot::{Shared, Snapshot},
     upgrade,
     upstream::{
-        cluster::{Cluster, HashKey, fnv1a},
+        cluster::{Cluster, Endpoint, HashKey, fnv1a},
         forward::{self, UpstreamBody},
+        limits::{Overflow, Permit},
+        replay::Replay,
+        retry::{self, Failure},
         stats::InFlight,
     },
 };
@@ -81,6 +85,15 @@ impl Record {
             self.shared.access_log.write(&e);
         }
     }
+}
+
+/// What a response holds until its body ends: the endpoint's in-flight count and the cluster's
+/// request and retry slots.
+#[derive(Default)]
+struct Hold {
+    _in_flight: Option<InFlight>,
+    _request: Option<Permit>,
+    _retry: Option<Permit>,
 }
 
 /// A record not yet attached to a response body: if the request future is dropped (the client went
@@ -142,7 +155,7 @@ pub async fn handle(
     }));
     conn.listener.gauges.requests.increment(1.0);
     let accept = req.headers().get(header::ACCEPT).cloned();
-    let result = proxy(req, start, conn, &snapshot, &mut pending, &request_id).await;
+    let result = proxy(req, conn, &snapshot, &mut pending, &request_id).await;
     let Some(mut record) = pending.0.take() else {
         return Ok(ProxyError::Internal.into_response(
             &request_id,
@@ -151,22 +164,33 @@ pub async fn handle(
             None,
         ));
     };
-    let (mut rsp, in_flight): (Response<ProxyBody>, Option<InFlight>) = match result {
-        Ok((rsp, in_flight)) => (rsp, Some(in_flight)),
+    let (mut rsp, hold): (Response<ProxyBody>, Hold) = match result {
+        Ok(answer) => answer,
         Err(e) => {
             record.flags = e.flag();
             if e.side() == Side::Upstream {
                 tracing::debug!(request_id = ?request_id, error = %e, "upstream failure");
             }
-            (
-                e.into_response(
+            let last_resort = record
+                .route
+                .and_then(|r| snapshot.router.routes().get(r))
+                .and_then(|r| r.last_resort.as_ref().map(|l| (l, &r.name)))
+                .filter(|_| e == ProxyError::NoHealthyUpstream || e.never_sent());
+            let rsp = match last_resort {
+                // Nothing could serve: the route's own answer (a maintenance page, a static
+                // default) rather than a bare 503.
+                Some((l, route)) => {
+                    crate::metrics::degraded(route, "last_resort");
+                    last_resort_response(l, &request_id, &snapshot.http.request_id_header)
+                }
+                None => e.into_response(
                     &request_id,
                     &snapshot.http.request_id_header,
                     snapshot.http.error_format,
                     accept.as_ref(),
                 ),
-                None,
-            )
+            };
+            (rsp, Hold::default())
         }
     };
     record.status = rsp.status().as_u16();
@@ -176,9 +200,9 @@ pub async fn handle(
     }
     let body = std::mem::replace(rsp.body_mut(), ProxyBody::empty());
     *rsp.body_mut() = body.on_end(Box::new(move |end| {
-        // The endpoint's in-flight count lasts until the response body ends. (Its connection
-        // went back to the pool from the body itself, see `upstream::http1`.)
-        drop(in_flight);
+        // The endpoint's in-flight count and the cluster's slots last until the response body
+        // ends. (The connection went back to the pool from the body itself, see `upstream::http1`.)
+        drop(hold);
         record.finish(end);
     }));
     Ok(rsp)
@@ -186,12 +210,11 @@ pub async fn handle(
 
 async fn proxy(
     mut req: Request<Incoming>,
-    start: Instant,
     conn: &ConnInfo,
     snapshot: &Snapshot,
     pending: &mut Pending,
     request_id: &HeaderValue,
-) -> Result<(Response<ProxyBody>, InFlight), ProxyError> {
+) -> Result<(Response<ProxyBody>, Hold), ProxyError> {
     // 1. Check what hyper let through but we refuse.
     let host = checks::check(&req, conn.listener.config.max_uri_bytes)?.map(str::to_owned);
     if let (Some(h), Some(e)) = (&host, pending.0.as_mut().and_then(|r| r.entry.as_mut())) {
@@ -225,10 +248,12 @@ async fn proxy(
         .ok_or(ProxyError::Internal)?;
     if let Some(r) = pending.0.as_mut() {
         r.route = Some(route.index);
-        if let Some(e) = r.entry.as_mut() {
-            e.route = Some(route.name.to_string());
-            e.cluster = Some(cluster.name.to_string());
-        }
+    }
+    // A cluster with nothing that can serve hands over to its fallback (if it names one).
+    let cluster = serving(snapshot, cluster).ok_or(ProxyError::NoHealthyUpstream)?;
+    if let Some(e) = pending.0.as_mut().and_then(|r| r.entry.as_mut()) {
+        e.route = Some(route.name.to_string());
+        e.cluster = Some(cluster.name.to_string());
     }
     // 3. The upstream request: hop-by-hop out, forwarding headers in, route rewrites.
     let upgrade = upgrade_protocol(req.headers());
@@ -302,12 +327,14 @@ async fn proxy(
             .headers
             .insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    let body = if body.is_end_stream() {
-        ProxyBody::empty()
+    let idempotent = parts.method.is_idempotent();
+    let policy = &route.retry;
+    let mut payload = if body.is_end_stream() {
+        Payload::Empty
     } else {
         let body = ProxyBody::streaming(body, cluster.body_idle_timeout);
         // The request body's size, for the access log (only counted when someone reads it).
-        match pending.0.as_mut().filter(|r| r.entry.is_some()) {
+        let body = match pending.0.as_mut().filter(|r| r.entry.is_some()) {
             Some(r) => {
                 let counter = Arc::clone(r.bytes_in.get_or_insert_with(Default::default));
                 body.on_end(Box::new(move |end| {
@@ -315,58 +342,162 @@ async fn proxy(
                 }))
             }
             None => body,
+        };
+        // A body that may fit the replay buffer is copied as it streams, so that a retry can
+        // send it again; one known to be larger streams alone.
+        let fits = body
+            .size_hint()
+            .exact()
+            .is_none_or(|n| n <= policy.replay_buffer_bytes);
+        if policy.attempts > 1 && fits {
+            Payload::Replay(Replay::new(body, policy.replay_buffer_bytes))
+        } else {
+            Payload::Stream(Some(body))
         }
     };
-    let upstream_req = Request::from_parts(parts, body);
 
-    // 4. Pick an endpoint and forward.
-    let members = cluster.members();
-    let idx = cluster
-        .pick(&members, hash, &[], start)
-        .ok_or(ProxyError::NoHealthyUpstream)?;
-    let endpoint = Arc::clone(&members.endpoints[idx]);
-    if let Some(e) = pending.0.as_mut().and_then(|r| r.entry.as_mut()) {
-        e.upstream = Some(endpoint.id.to_string());
-    }
-    let in_flight = endpoint.stats.start();
+    // 4. Pick an endpoint and forward; retry what the policy allows, never on the same endpoint
+    //    while another is available.
+    let request_permit = cluster
+        .limits
+        .admit_request()
+        .map_err(|o| overflow(cluster, o))?;
     // One clock read serves the route's deadline, the pool's idle check and the upstream's
     // latency (the microseconds spent building the request count towards none of them).
-    let sent_at = Instant::now();
+    let mut sent_at = Instant::now();
     let routed = tokio::time::Instant::from_std(sent_at);
-    let header_deadline = routed
-        + match cluster.response_header_timeout {
-            Some(t) => t.min(route.timeout),
-            None => route.timeout,
-        };
-    let result = forward::send(cluster, &endpoint, upstream_req, header_deadline, sent_at).await;
-    let answered = Instant::now();
-    let rtt = answered - sent_at;
-    if let Some(r) = pending.0.as_mut() {
-        r.upstream_secs = Some(rtt.as_secs_f64());
-    }
-    let sent = match result {
-        Ok(s) => s,
-        Err(e) => {
-            // Only the upstream's own failures count against it (a client that sent a bad body
-            // or went away says nothing about the endpoint).
-            if e.side() == Side::Upstream {
-                endpoint.stats.record_failure(rtt, answered);
-                endpoint
-                    .metrics
-                    .record(e.status().as_u16(), rtt.as_secs_f64());
-                crate::metrics::upstream_failure(&cluster.name, e.flag());
-            }
-            return Err(e);
+    let route_deadline = routed + route.timeout;
+    let mut tried = [0usize; 10];
+    let mut n_tried = 0;
+    let mut attempt = 1u32;
+    let mut retry_permit = None;
+    let mut wait_if_same: Option<(usize, std::time::Duration)> = None;
+    let (sent, in_flight) = loop {
+        let members = cluster.members();
+        let idx = cluster
+            .pick(&members, hash, &tried[..n_tried], sent_at)
+            // Only the endpoints already tried are left: one of them again beats giving up.
+            .or_else(|| {
+                (n_tried > 0)
+                    .then(|| cluster.pick(&members, hash, &[], sent_at))
+                    .flatten()
+            })
+            .ok_or(ProxyError::NoHealthyUpstream)?;
+        let endpoint = Arc::clone(members.endpoints.get(idx).ok_or(ProxyError::Internal)?);
+        if let Some((prev, wait)) = wait_if_same.take()
+            && prev == idx
+        {
+            // The same endpoint asked to be left alone for a while (`Retry-After`).
+            tokio::time::sleep(wait).await;
+            sent_at = Instant::now();
         }
+        if n_tried < tried.len() {
+            tried[n_tried] = idx;
+            n_tried += 1;
+        }
+        if let Some(e) = pending.0.as_mut().and_then(|r| r.entry.as_mut()) {
+            e.upstream = Some(endpoint.id.to_string());
+            e.attempts = attempt;
+        }
+        let in_flight = endpoint.stats.start();
+        let try_start = tokio::time::Instant::from_std(sent_at);
+        let limit = match (cluster.response_header_timeout, policy.per_try_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let header_deadline = limit.map_or(route_deadline, |t| route_deadline.min(try_start + t));
+        let body = payload.for_attempt();
+        let result =
+            forward::send(cluster, &endpoint, &parts, body, header_deadline, sent_at).await;
+        let answered = Instant::now();
+        let rtt = answered - sent_at;
+        if let Some(r) = pending.0.as_mut() {
+            r.upstream_secs = Some(rtt.as_secs_f64());
+        }
+        let done = match &result {
+            Ok(sent) => {
+                let status = sent.response.status();
+                observe(cluster, &endpoint, outcome_of(status), rtt, answered);
+                endpoint.metrics.record(status.as_u16(), rtt.as_secs_f64());
+                !policy.retries_status(status)
+            }
+            Err(f) => {
+                // Only the upstream's own failures count against it (a client that sent a bad
+                // body or went away says nothing about the endpoint).
+                if f.error.side() == Side::Upstream {
+                    observe(cluster, &endpoint, Outcome::LocalFailure, rtt, answered);
+                    endpoint
+                        .metrics
+                        .record(f.error.status().as_u16(), rtt.as_secs_f64());
+                    crate::metrics::upstream_failure(&cluster.name, f.error.flag());
+                }
+                false
+            }
+        };
+        if done {
+            if attempt > 1 {
+                crate::metrics::retry(&cluster.name, "retry", "succeeded");
+            }
+            match result {
+                Ok(sent) => break (sent, in_flight),
+                Err(f) => return Err(f.error),
+            }
+        }
+        let failure = match &result {
+            Ok(sent) => Failure::Status(sent.response.status()),
+            Err(f) => Failure::Error(&f.error),
+        };
+        // Another attempt? Only if the policy allows it for this failure and method, the body
+        // can be sent again, time is left, and the budget has room.
+        let retry_after = match &result {
+            Ok(sent) => retry::retry_after(sent.response.headers()),
+            Err(_) => None,
+        };
+        let backoff = RNG.with(|r| policy.backoff(attempt, &mut r.borrow_mut()));
+        let returned_body = matches!(&result, Err(f) if f.body.is_some());
+        let again = attempt < policy.attempts
+            && policy.wants(failure, idempotent)
+            && (payload.replayable() || returned_body)
+            && retry_after.is_none_or(|d| d <= policy.max_retry_after)
+            && tokio::time::Instant::now() + backoff < route_deadline;
+        let permit = if again {
+            match cluster.limits.admit_retry() {
+                Ok(p) => Some(p),
+                Err(o) => {
+                    crate::metrics::retry(&cluster.name, "retry", "budget_exhausted");
+                    tracing::debug!(cluster = %cluster.name, limit = o.as_str(), "retry not made: over budget");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let Some(permit) = permit else {
+            match result {
+                Ok(sent) => break (sent, in_flight),
+                Err(f) => return Err(f.error),
+            }
+        };
+        crate::metrics::retry(&cluster.name, "retry", "attempted");
+        retry_permit = Some(permit);
+        if let Err(f) = result
+            && let Some(body) = f.body
+        {
+            payload = Payload::Stream(Some(body));
+        }
+        wait_if_same = retry_after.map(|d| (idx, d));
+        drop(in_flight);
+        tokio::time::sleep(backoff).await;
+        sent_at = Instant::now();
+        attempt += 1;
+    };
+    let hold = Hold {
+        _in_flight: Some(in_flight),
+        _request: Some(request_permit),
+        _retry: retry_permit,
     };
     let response = sent.response;
     let status = response.status();
-    if status.is_server_error() {
-        endpoint.stats.record_failure(rtt, answered);
-    } else {
-        endpoint.stats.record_success(rtt, answered);
-    }
-    endpoint.metrics.record(status.as_u16(), rtt.as_secs_f64());
 
     // 5. The response: upgrade tunnel, hop-by-hop out, Via, rewrites, request id.
     let (mut parts, body) = response.into_parts();
@@ -404,7 +535,107 @@ async fn proxy(
         .headers
         .insert(snapshot.http.request_id_header.clone(), request_id.clone());
     parts.version = Version::HTTP_11;
-    Ok((Response::from_parts(parts, body), in_flight))
+    Ok((Response::from_parts(parts, body), hold))
+}
+
+/// The request body across attempts: nothing, a body every attempt can read from the start (see
+/// `upstream::replay`), or the client's stream, which only one attempt can read (unless it comes
+/// back unsent).
+enum Payload {
+    Empty,
+    Replay(Replay),
+    Stream(Option<ProxyBody>),
+}
+
+impl Payload {
+    fn for_attempt(&mut self) -> ProxyBody {
+        match self {
+            Self::Empty => ProxyBody::empty(),
+            Self::Replay(r) => ProxyBody::boxed(r.reader()),
+            Self::Stream(s) => s.take().unwrap_or_else(ProxyBody::empty),
+        }
+    }
+
+    /// Whether another attempt could send the body again.
+    fn replayable(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Replay(r) => r.replayable(),
+            Self::Stream(_) => false,
+        }
+    }
+}
+
+/// The cluster that serves: `first`, or the first cluster down its `fallback` chain that has an
+/// endpoint able to take traffic. `None` when none has (validation refuses loops; the bound is a
+/// second guard).
+fn serving<'a>(snapshot: &'a Snapshot, first: &'a Arc<Cluster>) -> Option<&'a Arc<Cluster>> {
+    let mut cluster = first;
+    for _ in 0..8 {
+        if !cluster.members().plan.is_empty() {
+            return Some(cluster);
+        }
+        let next = snapshot.clusters.get(cluster.fallback.as_deref()?)?;
+        crate::metrics::degraded(&next.name, "fallback");
+        tracing::debug!(cluster = %cluster.name, fallback = %next.name, "no endpoint can serve: using the fallback cluster");
+        cluster = next;
+    }
+    None
+}
+
+/// A cluster limit refused the request: 503 at once, counted.
+fn overflow(cluster: &Cluster, o: Overflow) -> ProxyError {
+    crate::metrics::limit_overflow(&cluster.name, o.as_str());
+    ProxyError::Overflow(o.as_str())
+}
+
+/// What an attempt's outcome says about the endpoint.
+fn outcome_of(status: StatusCode) -> Outcome {
+    match status.as_u16() {
+        502..=504 => Outcome::GatewayError,
+        500..=599 => Outcome::ServerError,
+        _ => Outcome::Success,
+    }
+}
+
+/// Records one attempt's outcome in the endpoint's stats (latency, for the balancer) and outlier
+/// record (for ejection); wakes the health task when a threshold was just crossed.
+fn observe(
+    cluster: &Cluster,
+    ep: &Endpoint,
+    outcome: Outcome,
+    rtt: std::time::Duration,
+    now: Instant,
+) {
+    if outcome == Outcome::Success {
+        ep.stats.record_success(rtt, now);
+    } else {
+        ep.stats.record_failure(rtt, now);
+    }
+    if let Some(cfg) = &cluster.health.outlier
+        && ep.health.record(cfg, outcome, rtt, now)
+    {
+        cluster.wake.notify_one();
+    }
+}
+
+fn last_resort_response(
+    l: &LastResort,
+    request_id: &HeaderValue,
+    id_header: &http::HeaderName,
+) -> Response<ProxyBody> {
+    let mut rsp = Response::new(ProxyBody::full(l.body.clone()));
+    *rsp.status_mut() = l.status;
+    let h = rsp.headers_mut();
+    h.insert(header::CONTENT_TYPE, l.content_type.clone());
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(id_header.clone(), request_id.clone());
+    rsp
+}
+
+thread_local! {
+    /// Backoff jitter.
+    static RNG: std::cell::RefCell<fastrand::Rng> = std::cell::RefCell::new(fastrand::Rng::new());
 }
 
 /// Origin-form for HTTP/1.1 upstreams; absolute (scheme + authority) for HTTP/2, which needs them.

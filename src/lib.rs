@@ -21,6 +21,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod body;
+pub mod chaos;
 pub mod checks;
 pub mod cli;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod demo;
 pub mod error;
 pub mod handler;
 pub mod headers;
+pub mod health;
 pub mod metrics;
 pub mod route;
 pub mod server;

@@ -118,6 +118,55 @@ pub fn upstream_failure(cluster: &str, flag: &'static str) {
         .increment(1);
 }
 
+/// An endpoint's active-check status changed (`to`: healthy, unhealthy).
+pub fn health_transition(cluster: &str, to: &'static str) {
+    counter!("palisade_health_transitions_total", "cluster" => cluster.to_owned(), "to" => to)
+        .increment(1);
+}
+
+/// An endpoint was ejected by outlier detection (`reason`: consecutive_gateway_failures,
+/// consecutive_5xx, failure_rate, latency).
+pub fn outlier_ejected(cluster: &str, reason: &'static str) {
+    counter!("palisade_outlier_ejections_total", "cluster" => cluster.to_owned(), "reason" => reason)
+        .increment(1);
+    gauge!("palisade_outlier_ejected", "cluster" => cluster.to_owned()).increment(1.0);
+}
+
+/// An ejection ended (its time was up, or an active check passed).
+pub fn outlier_restored(cluster: &str) {
+    gauge!("palisade_outlier_ejected", "cluster" => cluster.to_owned()).decrement(1.0);
+}
+
+/// The routing plan was rebuilt: whether it is in panic mode, the cluster's healthy capacity (%)
+/// and how many endpoints can take traffic.
+pub fn cluster_plan(cluster: &str, panic: bool, healthy_percent: u32, routable: usize) {
+    let c = cluster.to_owned();
+    gauge!("palisade_cluster_panic", "cluster" => c.clone()).set(if panic { 1.0 } else { 0.0 });
+    gauge!("palisade_cluster_healthy_percent", "cluster" => c.clone())
+        .set(f64::from(healthy_percent));
+    gauge!("palisade_cluster_routable_endpoints", "cluster" => c).set(routable as f64);
+}
+
+/// A retry or hedge (`kind`: retry, hedge) and how it went (`outcome`: attempted, succeeded,
+/// budget_exhausted).
+pub fn retry(cluster: &str, kind: &'static str, outcome: &'static str) {
+    counter!("palisade_retries_total", "cluster" => cluster.to_owned(), "kind" => kind, "outcome" => outcome)
+        .increment(1);
+}
+
+/// A request refused by a cluster limit (`limit`: max_requests, max_retries, retry_budget).
+pub fn limit_overflow(cluster: &str, limit: &'static str) {
+    counter!("palisade_limit_overflows_total", "cluster" => cluster.to_owned(), "limit" => limit)
+        .increment(1);
+}
+
+/// A request served by a fallback cluster or a route's last-resort response (`kind`: fallback,
+/// last_resort).
+pub fn degraded(route_or_cluster: &str, kind: &'static str) {
+    counter!("palisade_degraded_responses_total", "target" => route_or_cluster.to_owned(), "kind" => kind)
+        .increment(1);
+}
+
 /// Connections and requests in flight on one listener.
 #[derive(Debug, Clone)]
 pub struct ListenerGauges {

@@ -26,7 +26,7 @@ use crate::{
     route::router::Router,
     tls,
     upstream::{
-        cluster::{Cluster, Endpoint, UpstreamTls},
+        cluster::{Cluster, Endpoint, Spec, UpstreamTls},
         dns,
         pool::Pool,
     },
@@ -129,23 +129,23 @@ pub async fn compile(
             }
         };
         let mut endpoints = Vec::new();
+        let active_checks = c.health_check.is_some();
         for e in &c.endpoints {
-            let spec = e.address();
-            let host = config::validate::split_host_port(spec).map_or(spec, |(h, _)| h);
-            for addr in dns::resolve_now(spec).await {
-                let id = dns::endpoint_id(spec, addr);
+            let spec = Spec::from_config(e);
+            for addr in dns::resolve_now(&spec.address).await {
+                let id = dns::endpoint_id(&spec.address, addr);
                 let reused = old
                     .get(&(Arc::<str>::from(name.as_str()), Arc::clone(&id)))
-                    .filter(|pe| pe.weight == e.weight())
+                    .filter(|pe| pe.matches(&spec))
                     .cloned();
                 endpoints.push(reused.unwrap_or_else(|| {
                     Arc::new(Endpoint::new(
                         name,
+                        &spec,
                         id,
                         addr,
-                        host.into(),
-                        e.weight(),
                         Pool::new(c.pool.max_idle_per_endpoint, c.pool.idle_timeout.get()),
+                        active_checks,
                         now,
                     ))
                 }));
@@ -157,7 +157,19 @@ pub async fn compile(
                 message: "no endpoint resolves to an address".into(),
             });
         }
-        let cluster = Arc::new(Cluster::new(name, c, tls, endpoints));
+        let cluster = Arc::new(Cluster::new(
+            name,
+            c,
+            config.runtime.local_zone.as_deref(),
+            tls,
+            endpoints,
+        ));
+        if cluster.health.needs_monitor() {
+            tokio::spawn(crate::health::monitor::run(
+                Arc::clone(&cluster),
+                stop.child_token(),
+            ));
+        }
         if dns::has_names(&cluster) {
             tokio::spawn(dns::refresh_loop(
                 Arc::clone(&cluster),

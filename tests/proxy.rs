@@ -7,8 +7,8 @@ mod support;
 use std::{collections::HashMap, sync::Arc};
 
 use support::{
-    EchoServer, Mode, Proxy, STEP, Upstream, client, get, get_with, one_route, raw::RawConn,
-    refused_addr, send,
+    EchoServer, Mode, Proxy, STEP, Upstream, client, get, get_with, one_route, one_route_with,
+    raw::RawConn, refused_addr, send,
 };
 
 /// A proxy whose clusters are named after the given upstreams (`[clusters.<name>]`, one endpoint
@@ -121,7 +121,7 @@ async fn round_robin_spreads_requests_evenly_over_three_endpoints() {
         Upstream::start("c").await,
     ];
     let addrs: Vec<_> = ups.iter().map(Upstream::addr).collect();
-    let proxy = Proxy::start(&one_route(&addrs)).await;
+    let proxy = Proxy::start(&one_route_with(&addrs, "balance = \"round_robin\"")).await;
 
     for _ in 0..30 {
         assert_eq!(get(&proxy.url("/")).await.status, 200);
@@ -144,6 +144,7 @@ cluster = "up"
 path_prefix = "/"
 
 [clusters.up]
+balance = "round_robin"
 endpoints = [{{ address = "{}", weight = 2 }}, {{ address = "{}", weight = 1 }}]
 "#,
         heavy.addr(),

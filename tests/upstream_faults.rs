@@ -16,12 +16,15 @@ use support::{
 };
 
 /// One route to one endpoint with short timeouts, access log on; `route` and `cluster` add keys.
+/// One route to one endpoint, with retries off: this suite is about how a single failed attempt is
+/// answered (retries have their own suite, tests/resilience.rs).
 async fn proxy_to(addr: SocketAddr, route: &str, cluster: &str) -> Proxy {
     Proxy::start_logged(&format!(
         r#"
 [[routes]]
 name = "all"
 cluster = "up"
+retry = {{ attempts = 1 }}
 {route}
 [routes.match]
 path_prefix = "/"

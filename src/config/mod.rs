@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod model;
+pub mod resilience;
 pub mod validate;
 
 use std::{
@@ -17,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 pub use duration::Dur;
 pub use model::*;
+pub use resilience::*;
 pub use validate::validate;
 
 /// One finding, addressed by its path in the file (`routes[2].match.path_regex`).

@@ -9,7 +9,13 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::duration::Dur;
+use super::{
+    duration::Dur,
+    resilience::{
+        HealthCheckConfig, HedgeConfig, LastResortConfig, LimitsConfig, OutlierConfig,
+        RetryBudgetConfig, RetryConfig, SlowStartConfig,
+    },
+};
 
 /// The whole file. Maps are `BTreeMap` so that the canonical form (and so the version hash) does not
 /// depend on the order keys were written in.
@@ -68,6 +74,9 @@ pub struct RuntimeConfig {
     /// Worker threads. Default: the number of cores.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// The zone this instance runs in: endpoints with the same `zone` are preferred.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_zone: Option<String>,
 }
 
 /// Diagnostic logs (stderr). `RUST_LOG` and `-v` override `level`.
@@ -361,6 +370,15 @@ pub struct RouteConfig {
     pub request_headers: HeaderRewrite,
     #[serde(default)]
     pub response_headers: HeaderRewrite,
+    /// Retries (on by default for failures that are safe to retry).
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// Hedged requests (off unless present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<HedgeConfig>,
+    /// The response when nothing can serve, instead of a bare 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_resort: Option<LastResortConfig>,
 }
 
 fn default_route_timeout() -> Dur {
@@ -477,6 +495,42 @@ pub struct ClusterConfig {
     /// How often DNS names are re-resolved at most (their TTL is used when shorter, down to 1 s).
     #[serde(default = "default_dns_refresh")]
     pub dns_refresh: Dur,
+    /// Active health checks; absent = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub outlier_detection: OutlierConfig,
+    #[serde(default)]
+    pub slow_start: SlowStartConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub retry_budget: RetryBudgetConfig,
+    /// Below this percent of healthy capacity, traffic spreads over every endpoint, healthy or not,
+    /// rather than crush the survivors; 0 disables.
+    #[serde(default = "default_panic_threshold")]
+    pub panic_threshold: u32,
+    /// A tier takes all its share while this factor × its healthy fraction is at least 1 (1.4: down to
+    /// 71% healthy); below, the rest spills to the next `priority`.
+    #[serde(default = "default_overprovisioning")]
+    pub overprovisioning: f64,
+    /// With `runtime.local_zone` set: the local zone takes all of a tier's traffic while at least
+    /// this percent of its endpoints are healthy, a proportional share below.
+    #[serde(default = "default_zone_min_healthy")]
+    pub zone_min_healthy_percent: u32,
+    /// Cluster used when this one has no endpoint that can serve.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+}
+
+fn default_panic_threshold() -> u32 {
+    50
+}
+fn default_overprovisioning() -> f64 {
+    1.4
+}
+fn default_zone_min_healthy() -> u32 {
+    70
 }
 
 fn default_hash_balance_factor() -> f64 {
@@ -498,9 +552,10 @@ fn default_dns_refresh() -> Dur {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BalanceConfig {
-    #[default]
     RoundRobin,
     LeastRequest,
+    /// The default: it sees latency and load, so a slow endpoint loses traffic before any ejection.
+    #[default]
     PeakEwma,
     Random,
     Hash,
@@ -514,15 +569,56 @@ pub enum UpstreamProtocol {
     H2,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An endpoint: `"host:port"`, or a table with its weight, tier and zone.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum EndpointConfig {
     Address(String),
-    Detailed {
-        address: String,
-        #[serde(default = "default_weight")]
-        weight: u32,
-    },
+    Detailed(EndpointSpec),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub address: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Failover tier: 0 = primary, 1 = first backup, …
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: u8,
+    /// The zone the endpoint runs in (compared with `runtime.local_zone`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+}
+
+/// By hand rather than `untagged`: an untagged enum reports "did not match any variant" for a
+/// misspelt key, where this passes on `EndpointSpec`'s own error (`unknown field `wieght``).
+impl<'de> Deserialize<'de> for EndpointConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = EndpointConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"host:port\" or { address = \"host:port\", weight = N }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<EndpointConfig, E> {
+                Ok(EndpointConfig::Address(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<EndpointConfig, A::Error> {
+                EndpointSpec::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(EndpointConfig::Detailed)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 fn default_weight() -> u32 {
@@ -532,13 +628,25 @@ fn default_weight() -> u32 {
 impl EndpointConfig {
     pub fn address(&self) -> &str {
         match self {
-            Self::Address(a) | Self::Detailed { address: a, .. } => a,
+            Self::Address(a) | Self::Detailed(EndpointSpec { address: a, .. }) => a,
         }
     }
     pub fn weight(&self) -> u32 {
         match self {
             Self::Address(_) => 1,
-            Self::Detailed { weight, .. } => *weight,
+            Self::Detailed(e) => e.weight,
+        }
+    }
+    pub fn priority(&self) -> u8 {
+        match self {
+            Self::Address(_) => 0,
+            Self::Detailed(e) => e.priority,
+        }
+    }
+    pub fn zone(&self) -> Option<&str> {
+        match self {
+            Self::Address(_) => None,
+            Self::Detailed(e) => e.zone.as_deref(),
         }
     }
 }

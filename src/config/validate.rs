@@ -146,8 +146,18 @@ pub fn validate(config: &Config, base_dir: &Path) -> Diagnostics {
     let mut used_clusters = HashSet::new();
     check_routes(&mut d, config, &mut used_clusters);
 
+    // A fallback is used when its cluster is.
+    let mut fallbacks: Vec<&str> = used_clusters.iter().copied().collect();
+    while let Some(c) = fallbacks.pop() {
+        if let Some(f) = config.clusters.get(c).and_then(|c| c.fallback.as_deref())
+            && used_clusters.insert(f)
+        {
+            fallbacks.push(f);
+        }
+    }
     for (name, c) in &config.clusters {
         check_cluster(&mut d, config, name, c, base_dir);
+        resilience::check_cluster(&mut d, config, name, c);
         if !used_clusters.contains(name.as_str()) {
             d.warn(format!("clusters.{name}"), "not used by any route");
         }
@@ -207,6 +217,7 @@ fn check_routes<'a>(d: &mut Diagnostics, config: &'a Config, used: &mut HashSet<
     let mut names = HashSet::new();
     for (i, r) in config.routes.iter().enumerate() {
         let p = format!("routes[{i}]");
+        resilience::check_route(d, &p, r);
         if r.name.is_empty() {
             d.error(format!("{p}.name"), "must not be empty");
         } else if !names.insert(r.name.as_str()) {
@@ -676,5 +687,6 @@ pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
     Some((host, port))
 }
 
+mod resilience;
 #[cfg(test)]
 mod tests;

@@ -161,6 +161,9 @@ mod tests {
             host_rewrite: None,
             request_headers: HeaderRewrite::default(),
             response_headers: HeaderRewrite::default(),
+            retry: crate::config::RetryConfig::default(),
+            hedge: None,
+            last_resort: None,
         }
     }
 

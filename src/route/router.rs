@@ -27,6 +27,7 @@ use http::{HeaderMap, HeaderName, Method};
 use crate::{
     config::{HeaderMatch, RouteConfig},
     route::rewrite::Rewrite,
+    upstream::retry::RetryPolicy,
 };
 
 /// What a route is matched on, borrowed from the request (the caller extracts these once).
@@ -51,6 +52,29 @@ pub struct Route {
     pub targets: Vec<(String, u32)>,
     pub timeout: Duration,
     pub rewrite: Rewrite,
+    pub retry: RetryPolicy,
+    /// The answer when nothing can serve, instead of a bare 503.
+    pub last_resort: Option<LastResort>,
+}
+
+/// `routes.last_resort`, compiled.
+#[derive(Debug, Clone)]
+pub struct LastResort {
+    pub status: http::StatusCode,
+    pub content_type: http::HeaderValue,
+    pub body: bytes::Bytes,
+}
+
+impl LastResort {
+    fn compile(c: &crate::config::LastResortConfig) -> Result<Self, String> {
+        Ok(Self {
+            status: http::StatusCode::from_u16(c.status)
+                .map_err(|_| format!("last_resort.status {} is not a status", c.status))?,
+            content_type: http::HeaderValue::from_str(&c.content_type)
+                .map_err(|_| "last_resort.content_type is not a header value".to_owned())?,
+            body: bytes::Bytes::from(c.body.clone()),
+        })
+    }
 }
 
 impl Route {
@@ -130,6 +154,13 @@ impl Router {
                 targets: compile_targets(config).map_err(context)?,
                 timeout: config.timeout.get(),
                 rewrite: Rewrite::compile(config).map_err(context)?,
+                retry: RetryPolicy::from_config(&config.retry),
+                last_resort: config
+                    .last_resort
+                    .as_ref()
+                    .map(LastResort::compile)
+                    .transpose()
+                    .map_err(context)?,
             });
             if hosts.is_empty() {
                 router.any_host.push(index);
@@ -478,6 +509,9 @@ mod tests {
             host_rewrite: None,
             request_headers: HeaderRewrite::default(),
             response_headers: HeaderRewrite::default(),
+            retry: crate::config::RetryConfig::default(),
+            hedge: None,
+            last_resort: None,
         }
     }
 

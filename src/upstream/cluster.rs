@@ -8,19 +8,52 @@
 
 use std::{
     net::SocketAddr,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
 use rustls_pki_types::ServerName;
+use tokio::sync::Notify;
 
 use super::{
     balancer::{BalanceKind, Balancer, Candidate, PickContext},
+    limits::Limits,
     pool::Pool,
+    priority::{self, MemberView, Plan, PlanConfig},
     stats::EndpointStats,
 };
-use crate::config::{BalanceConfig, ClusterConfig, UpstreamProtocol};
+use crate::{
+    config::{BalanceConfig, ClusterConfig, UpstreamProtocol},
+    health::{
+        self,
+        endpoint::{AdminMode, EndpointHealth},
+    },
+};
+
+/// What the config says about one endpoint, kept so DNS refresh can re-create its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// `host:port` as configured.
+    pub address: String,
+    pub weight: u32,
+    pub priority: u8,
+    pub zone: Option<Arc<str>>,
+}
+
+impl Spec {
+    pub fn from_config(e: &crate::config::EndpointConfig) -> Self {
+        Self {
+            address: e.address().to_owned(),
+            weight: e.weight(),
+            priority: e.priority(),
+            zone: e.zone().map(Arc::from),
+        }
+    }
+}
 
 /// One address to send requests to.
 #[derive(Debug)]
@@ -31,7 +64,13 @@ pub struct Endpoint {
     /// The configured host part (for SNI and `/clusters`).
     pub host: Arc<str>,
     pub weight: u32,
+    /// Failover tier (0 = primary).
+    pub priority: u8,
+    pub zone: Option<Arc<str>>,
+    /// `weight` scaled by slow start: what the balancers read. Written by the health task.
+    effective_weight: AtomicU32,
     pub stats: Arc<EndpointStats>,
+    pub health: EndpointHealth,
     pub pool: Pool,
     pub metrics: crate::metrics::UpstreamMetrics,
     identity_hash: u64,
@@ -40,31 +79,51 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(
         cluster: &str,
+        spec: &Spec,
         id: Arc<str>,
         addr: SocketAddr,
-        host: Arc<str>,
-        weight: u32,
         pool: Pool,
+        active_checks: bool,
         now: Instant,
     ) -> Self {
         let identity_hash = fnv1a(id.as_bytes());
         let metrics = crate::metrics::UpstreamMetrics::new(cluster, &id);
+        let host = crate::config::validate::split_host_port(&spec.address)
+            .map_or(spec.address.as_str(), |(h, _)| h);
         Self {
             id,
             addr,
-            host,
-            weight,
+            host: host.into(),
+            weight: spec.weight,
+            priority: spec.priority,
+            zone: spec.zone.clone(),
+            effective_weight: AtomicU32::new(spec.weight.max(1)),
             stats: Arc::new(EndpointStats::new(now)),
+            health: EndpointHealth::new(now, active_checks),
             pool,
             metrics,
             identity_hash,
         }
     }
+
+    /// Whether this endpoint can stand for `spec` in a new config (its state then carries over).
+    pub fn matches(&self, spec: &Spec) -> bool {
+        self.weight == spec.weight && self.priority == spec.priority && self.zone == spec.zone
+    }
+
+    /// The weight balancers use now (slow start lowers it for a while).
+    pub fn effective_weight(&self) -> u32 {
+        self.effective_weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_effective_weight(&self, w: u32) {
+        self.effective_weight.store(w.max(1), Ordering::Relaxed);
+    }
 }
 
 impl Candidate for Arc<Endpoint> {
     fn weight(&self) -> u32 {
-        self.weight
+        self.effective_weight()
     }
     fn in_flight(&self) -> u32 {
         self.stats.in_flight()
@@ -88,16 +147,35 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// The endpoints and the balancer built for exactly them.
+/// The endpoints and how requests are spread over them right now: the routing plan (which tiers
+/// and zones take what share, built from health) and one balancer per group of the plan. Rebuilt as
+/// a whole when health or the endpoint list changes, so a request sees one consistent picture.
 #[derive(Debug)]
 pub struct Members {
     pub endpoints: Vec<Arc<Endpoint>>,
-    pub balancer: Balancer,
+    pub plan: Plan,
+    /// Parallel to `plan.groups`.
+    groups: Vec<GroupBalancer>,
+}
+
+#[derive(Debug)]
+struct GroupBalancer {
+    /// The group's endpoints, in `Plan` order (`global[i]` is `endpoints[i]`'s index in `Members`).
+    endpoints: Vec<Arc<Endpoint>>,
+    global: Vec<usize>,
+    balancer: Balancer,
 }
 
 impl std::fmt::Debug for Balancer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Balancer")
+    }
+}
+
+impl Members {
+    /// How many endpoints could take a request now (for `/clusters` and logs).
+    pub fn routable(&self) -> usize {
+        self.groups.iter().map(|g| g.endpoints.len()).sum()
     }
 }
 
@@ -150,8 +228,22 @@ pub struct Cluster {
     pub dns_refresh: Duration,
     pub kind: BalanceKind,
     pub hash_balance_factor: f64,
-    /// The configured endpoints (host:port, weight) that DNS refresh re-resolves.
-    pub specs: Vec<(String, u32)>,
+    /// The configured endpoints that DNS refresh re-resolves.
+    pub specs: Vec<Spec>,
+    /// Active checks, outlier detection, slow start.
+    pub health: health::Settings,
+    /// How tiers, zones and panic mode shape the plan.
+    pub plan_config: PlanConfig,
+    /// This instance's zone, when set: endpoints in it are preferred.
+    pub local_zone: Option<Arc<str>>,
+    /// The cluster used when this one has no endpoint that can serve.
+    pub fallback: Option<Arc<str>>,
+    /// Caps that answer 503 at once, and the retry budget.
+    pub limits: Limits,
+    /// Wakes the health task (an endpoint just crossed a failure threshold, or the operator acted).
+    pub wake: Notify,
+    /// Whether the last plan was in panic mode (so the change is logged once, not per rebuild).
+    panic: AtomicBool,
     members: ArcSwap<Members>,
 }
 
@@ -159,11 +251,26 @@ impl Cluster {
     pub fn new(
         name: &str,
         cfg: &ClusterConfig,
+        local_zone: Option<&str>,
         tls: Option<UpstreamTls>,
         endpoints: Vec<Arc<Endpoint>>,
     ) -> Self {
         let kind = balance_kind(cfg.balance);
-        let balancer = Balancer::new(kind, &endpoints, cfg.hash_balance_factor);
+        let plan_config = PlanConfig {
+            // Validation bounds it to 1.0..=10.0, so the product fits.
+            overprovisioning_percent: (cfg.overprovisioning * 100.0).round() as u32,
+            panic_threshold_percent: cfg.panic_threshold,
+            zone_aware: local_zone.is_some(),
+            zone_min_healthy_percent: cfg.zone_min_healthy_percent,
+        };
+        let local_zone: Option<Arc<str>> = local_zone.map(Arc::from);
+        let members = build_members(
+            kind,
+            cfg.hash_balance_factor,
+            &plan_config,
+            local_zone.as_deref(),
+            endpoints,
+        );
         Self {
             name: name.into(),
             protocol: cfg.protocol,
@@ -176,15 +283,15 @@ impl Cluster {
             dns_refresh: cfg.dns_refresh.get(),
             kind,
             hash_balance_factor: cfg.hash_balance_factor,
-            specs: cfg
-                .endpoints
-                .iter()
-                .map(|e| (e.address().to_owned(), e.weight()))
-                .collect(),
-            members: ArcSwap::from_pointee(Members {
-                endpoints,
-                balancer,
-            }),
+            specs: cfg.endpoints.iter().map(Spec::from_config).collect(),
+            health: health::Settings::from_config(cfg),
+            plan_config,
+            local_zone,
+            fallback: cfg.fallback.as_deref().map(Arc::from),
+            limits: Limits::new(&cfg.limits, &cfg.retry_budget),
+            wake: Notify::new(),
+            panic: AtomicBool::new(members.plan.panic),
+            members: ArcSwap::from_pointee(members),
         }
     }
 
@@ -203,16 +310,44 @@ impl Cluster {
         self.members.load_full()
     }
 
-    /// Replaces the endpoint list (DNS changed), rebuilding the balancer for it.
+    /// Replaces the endpoint list (DNS changed), rebuilding the plan and balancers for it.
     pub fn set_endpoints(&self, endpoints: Vec<Arc<Endpoint>>) {
-        let balancer = Balancer::new(self.kind, &endpoints, self.hash_balance_factor);
-        self.members.store(Arc::new(Members {
+        self.publish(build_members(
+            self.kind,
+            self.hash_balance_factor,
+            &self.plan_config,
+            self.local_zone.as_deref(),
             endpoints,
-            balancer,
-        }));
+        ));
     }
 
-    /// Chooses an endpoint, avoiding `exclude` (ids already tried by this request).
+    /// Rebuilds the plan for the same endpoints after their health changed.
+    pub fn replan(&self) {
+        let endpoints = self.members().endpoints.clone();
+        self.set_endpoints(endpoints);
+    }
+
+    fn publish(&self, members: Members) {
+        let panic = members.plan.panic;
+        if self.panic.swap(panic, Ordering::Relaxed) != panic {
+            if panic {
+                tracing::warn!(cluster = %self.name, healthy_percent = members.plan.healthy_percent(), panic_threshold = self.plan_config.panic_threshold_percent, "too few healthy endpoints: panic mode, spreading over all of them");
+            } else {
+                tracing::info!(cluster = %self.name, healthy_percent = members.plan.healthy_percent(), "enough healthy endpoints again: panic mode over");
+            }
+        }
+        crate::metrics::cluster_plan(
+            &self.name,
+            members.plan.panic,
+            members.plan.healthy_percent(),
+            members.routable(),
+        );
+        self.members.store(Arc::new(members));
+    }
+
+    /// Chooses an endpoint (an index into `members.endpoints`), never one in `exclude` (those this
+    /// request already tried). The plan's group for a random draw goes first; when it has nothing
+    /// left, the other groups in order of preference.
     pub fn pick(
         &self,
         members: &Members,
@@ -222,16 +357,83 @@ impl Cluster {
     ) -> Option<usize> {
         RNG.with(|rng| {
             let mut rng = rng.borrow_mut();
-            members.balancer.pick(
-                &members.endpoints,
-                &PickContext {
+            let r = if members.groups.len() > 1 {
+                rng.u32(0..10_000)
+            } else {
+                0
+            };
+            for group in members.plan.fallbacks(r) {
+                let Some(g) = members
+                    .plan
+                    .groups
+                    .iter()
+                    .position(|x| std::ptr::eq(x, group))
+                    .and_then(|i| members.groups.get(i))
+                else {
+                    continue;
+                };
+                // Retries are rare and exclude a handful: translating them is cheaper than
+                // keeping per-group index maps.
+                let mut local = [0usize; 8];
+                let mut n = 0;
+                for (i, gi) in g.global.iter().enumerate() {
+                    if exclude.contains(gi) && n < local.len() {
+                        local[n] = i;
+                        n += 1;
+                    }
+                }
+                let ctx = PickContext {
                     hash_key: hash,
-                    exclude,
-                },
-                now,
-                &mut rng,
-            )
+                    exclude: &local[..n],
+                };
+                if let Some(i) = g.balancer.pick(&g.endpoints, &ctx, now, &mut rng) {
+                    return g.global.get(i).copied();
+                }
+            }
+            None
         })
+    }
+}
+
+/// The plan and one balancer per group, for these endpoints as their health stands now.
+fn build_members(
+    kind: BalanceKind,
+    hash_balance_factor: f64,
+    plan_config: &PlanConfig,
+    local_zone: Option<&str>,
+    endpoints: Vec<Arc<Endpoint>>,
+) -> Members {
+    let views: Vec<MemberView> = endpoints
+        .iter()
+        .map(|e| MemberView {
+            priority: e.priority,
+            local: local_zone.is_some() && e.zone.as_deref() == local_zone,
+            admitted: e.health.admits(),
+            available: e.health.admin() == AdminMode::Auto,
+            weight: e.weight,
+        })
+        .collect();
+    let plan = priority::plan(&views, plan_config);
+    let groups = plan
+        .groups
+        .iter()
+        .map(|g| {
+            let members: Vec<Arc<Endpoint>> = g
+                .members
+                .iter()
+                .filter_map(|&i| endpoints.get(i).cloned())
+                .collect();
+            GroupBalancer {
+                balancer: Balancer::new(kind, &members, hash_balance_factor),
+                endpoints: members,
+                global: g.members.clone(),
+            }
+        })
+        .collect();
+    Members {
+        endpoints,
+        plan,
+        groups,
     }
 }
 

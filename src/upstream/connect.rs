@@ -27,10 +27,7 @@ pub enum Fresh {
 
 /// Opens a connection to `ep`, bounded by the cluster's connect timeout (TCP and TLS together).
 pub async fn connect(cluster: &Cluster, ep: &Endpoint) -> Result<Fresh, ProxyError> {
-    let timeout = cluster.connect_timeout;
-    let result = tokio::time::timeout(timeout, open(cluster, ep))
-        .await
-        .unwrap_or(Err(ProxyError::ConnectTimeout));
+    let result = connect_within(cluster, ep, cluster.connect_timeout).await;
     if let Err(e) = &result {
         let reason = match e {
             ProxyError::ConnectRefused => "refused",
@@ -42,6 +39,18 @@ pub async fn connect(cluster: &Cluster, ep: &Endpoint) -> Result<Fresh, ProxyErr
         tracing::debug!(cluster = %cluster.name, endpoint = %ep.id, reason, "upstream connect failed");
     }
     result
+}
+
+/// Opens a connection within `timeout`, counting nothing: health probes use it, so the connect-error
+/// metric stays about client traffic.
+pub async fn connect_within(
+    cluster: &Cluster,
+    ep: &Endpoint,
+    timeout: Duration,
+) -> Result<Fresh, ProxyError> {
+    tokio::time::timeout(timeout, open(cluster, ep))
+        .await
+        .unwrap_or(Err(ProxyError::ConnectTimeout))
 }
 
 async fn open(cluster: &Cluster, ep: &Endpoint) -> Result<Fresh, ProxyError> {

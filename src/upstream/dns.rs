@@ -14,6 +14,7 @@ use std::{
 use hickory_resolver::TokioResolver;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::Spec;
 use super::{
     cluster::{Cluster, Endpoint},
     pool::Pool,
@@ -53,7 +54,7 @@ pub fn has_names(cluster: &Cluster) -> bool {
     cluster
         .specs
         .iter()
-        .any(|(s, _)| s.parse::<SocketAddr>().is_err())
+        .any(|s| s.address.parse::<SocketAddr>().is_err())
 }
 
 /// Re-resolves the cluster's names until `stop`.
@@ -77,14 +78,14 @@ pub async fn refresh_loop(
             () = tokio::time::sleep(wait) => {}
         }
         let mut next = cluster.dns_refresh;
-        let mut resolved: Vec<(String, u32, Vec<SocketAddr>)> = Vec::new();
+        let mut resolved: Vec<(&Spec, Vec<SocketAddr>)> = Vec::new();
         let mut failed = false;
-        for (spec, weight) in &cluster.specs {
-            if let Ok(a) = spec.parse::<SocketAddr>() {
-                resolved.push((spec.clone(), *weight, vec![a]));
+        for spec in &cluster.specs {
+            if let Ok(a) = spec.address.parse::<SocketAddr>() {
+                resolved.push((spec, vec![a]));
                 continue;
             }
-            let Some((host, port)) = split_host_port(spec) else {
+            let Some((host, port)) = split_host_port(&spec.address) else {
                 continue;
             };
             match resolver.lookup_ip(host).await {
@@ -97,11 +98,11 @@ pub async fn refresh_loop(
                         lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
                     addrs.sort();
                     addrs.dedup();
-                    resolved.push((spec.clone(), *weight, addrs));
+                    resolved.push((spec, addrs));
                 }
                 Err(e) => {
                     failed = true;
-                    tracing::warn!(cluster = %cluster.name, endpoint = %spec, error = %e, "DNS refresh failed; keeping the last good addresses");
+                    tracing::warn!(cluster = %cluster.name, endpoint = %spec.address, error = %e, "DNS refresh failed; keeping the last good addresses");
                 }
             }
         }
@@ -110,7 +111,7 @@ pub async fn refresh_loop(
         } else {
             next
         };
-        if failed || resolved.iter().all(|(_, _, a)| a.is_empty()) {
+        if failed || resolved.iter().all(|(_, a)| a.is_empty()) {
             continue;
         }
         let current = cluster.members();
@@ -118,19 +119,18 @@ pub async fn refresh_loop(
             current.endpoints.iter().map(|e| (&*e.id, e)).collect();
         let mut endpoints = Vec::new();
         let now = Instant::now();
-        for (spec, weight, addrs) in &resolved {
-            let host = split_host_port(spec).map_or(spec.as_str(), |(h, _)| h);
+        for (spec, addrs) in &resolved {
             for addr in addrs {
-                let id = endpoint_id(spec, *addr);
+                let id = endpoint_id(&spec.address, *addr);
                 match by_id.get(&*id) {
-                    Some(e) if e.weight == *weight => endpoints.push(Arc::clone(e)),
+                    Some(e) if e.matches(spec) => endpoints.push(Arc::clone(e)),
                     _ => endpoints.push(Arc::new(Endpoint::new(
                         &cluster.name,
+                        spec,
                         id,
                         *addr,
-                        host.into(),
-                        *weight,
                         Pool::new(max_idle, pool_idle),
+                        cluster.health.probe.is_some(),
                         now,
                     ))),
                 }

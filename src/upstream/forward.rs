@@ -9,7 +9,7 @@
 
 use std::{sync::Arc, time::Instant as StdInstant};
 
-use http::{Method, Request, Response};
+use http::{Method, Request, Response, request::Parts};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -35,70 +35,96 @@ pub struct Sent {
     pub response: Response<UpstreamBody>,
 }
 
-/// Sends `req` to `ep`; the response head must arrive before `deadline`. `now` is the caller's
-/// clock reading (for the pool's idle check).
+/// An attempt that got no response head.
+pub struct Failed {
+    pub error: ProxyError,
+    /// The request body, untouched, when the request never left (no connection could be opened):
+    /// another attempt can send it, whatever its size.
+    pub body: Option<ProxyBody>,
+}
+
+impl From<ProxyError> for Failed {
+    fn from(error: ProxyError) -> Self {
+        Self { error, body: None }
+    }
+}
+
+/// Sends the request (`parts` and `body`) to `ep`; the response head must arrive before
+/// `deadline`. `parts` is only borrowed, so a retry can send it again. `now` is the caller's clock
+/// reading (for the pool's idle check).
 pub async fn send(
     cluster: &Cluster,
     ep: &Arc<Endpoint>,
-    req: Request<ProxyBody>,
+    parts: &Parts,
+    body: ProxyBody,
     deadline: Instant,
     now: StdInstant,
-) -> Result<Sent, ProxyError> {
+) -> Result<Sent, Failed> {
     // No wrapper future between the timeout and the send: every layer of `.await` moves its child
     // into place, and these futures are the largest on the request path.
     let sent = match cluster.protocol {
         UpstreamProtocol::Http1 => {
-            tokio::time::timeout_at(deadline, send_h1(cluster, ep, req, now)).await
+            tokio::time::timeout_at(deadline, send_h1(cluster, ep, parts, body, now)).await
         }
         // Boxed, like every path a pooled HTTP/1 request does not take.
         UpstreamProtocol::H2 => {
-            tokio::time::timeout_at(deadline, Box::pin(send_h2(cluster, ep, req))).await
+            tokio::time::timeout_at(deadline, Box::pin(send_h2(cluster, ep, parts, body))).await
         }
     };
-    sent.unwrap_or(Err(ProxyError::UpstreamTimeout))
+    sent.unwrap_or(Err(Failed::from(ProxyError::UpstreamTimeout)))
 }
 
 async fn send_h1(
     cluster: &Cluster,
     ep: &Arc<Endpoint>,
-    req: Request<ProxyBody>,
+    parts: &Parts,
+    body: ProxyBody,
     now: StdInstant,
-) -> Result<Sent, ProxyError> {
-    let (parts, body) = req.into_parts();
+) -> Result<Sent, Failed> {
     let head_request = parts.method == Method::HEAD;
     let replayable = parts.method.is_idempotent() && body.is_known_empty();
-    let mut pooled = ep.pool.checkout(now);
-    // The head is encoded into the pooled connection's buffer, reusing its allocation.
-    let mut head = pooled
-        .as_mut()
-        .map(|c| std::mem::take(&mut c.wbuf))
-        .unwrap_or_default();
-    let framing = http1::encode_head(&parts, &body, &mut head);
-    let mut outgoing = Outgoing::new(body, framing);
-    if let Some(mut conn) = pooled.take() {
-        conn.wbuf = head;
-        let mut sent_all = true;
-        match http1::exchange(&mut conn, head_request, &mut outgoing, &mut sent_all).await {
-            Ok(h) => return Ok(respond(conn, h, outgoing, sent_all, ep)),
-            Err(SendError::Closed { answered: false }) if replayable => {
-                tracing::debug!(cluster = %cluster.name, endpoint = %ep.id, "reused connection closed before a response; replaying an idempotent request on a fresh one");
-                head = std::mem::take(&mut conn.wbuf);
+    let (mut conn, pooled) = match ep.pool.checkout(now) {
+        Some(c) => (c, true),
+        None => match Box::pin(connect(cluster, ep)).await {
+            Ok(Fresh::H1(c)) => (c, false),
+            Ok(Fresh::H2(_)) => return Err(ProxyError::Internal.into()),
+            // Nothing was sent: the body goes back for another attempt.
+            Err(error) => {
+                return Err(Failed {
+                    error,
+                    body: Some(body),
+                });
             }
-            Err(e) => return Err(map_error(e)),
+        },
+    };
+    // The head is encoded into the connection's buffer, reusing its allocation.
+    let mut head = std::mem::take(&mut conn.wbuf);
+    head.clear();
+    let framing = http1::encode_head(parts, &body, &mut head);
+    let mut outgoing = Outgoing::new(body, framing);
+    conn.wbuf = head;
+    let mut sent_all = true;
+    match http1::exchange(&mut conn, head_request, &mut outgoing, &mut sent_all).await {
+        Ok(h) => return Ok(respond(conn, h, outgoing, sent_all, ep)),
+        Err(SendError::Closed { answered: false }) if replayable && pooled => {
+            tracing::debug!(cluster = %cluster.name, endpoint = %ep.id, "reused connection closed before a response; replaying an idempotent request on a fresh one");
         }
+        Err(e) => return Err(map_error(e).into()),
     }
+    let head = std::mem::take(&mut conn.wbuf);
     let Fresh::H1(mut conn) = Box::pin(connect(cluster, ep)).await? else {
-        return Err(ProxyError::Internal);
+        return Err(ProxyError::Internal.into());
     };
     conn.wbuf = head;
     let mut sent_all = true;
     match http1::exchange(&mut conn, head_request, &mut outgoing, &mut sent_all).await {
         Ok(h) => Ok(respond(conn, h, outgoing, sent_all, ep)),
-        Err(e) => Err(map_error(e)),
+        Err(e) => Err(map_error(e).into()),
     }
 }
 
-fn respond(
+/// The response head and a body that reads the rest from `conn` (and returns it to `ep`'s pool).
+pub fn respond(
     conn: Conn,
     head: http1::ResponseHead,
     outgoing: Option<Box<Outgoing>>,
@@ -146,7 +172,8 @@ fn map_error(e: SendError) -> ProxyError {
     }
 }
 
-fn client_body_error(e: &BodyError) -> ProxyError {
+/// A client request body's failure, as the error answered.
+pub fn client_body_error(e: &BodyError) -> ProxyError {
     match e {
         BodyError::Idle => ProxyError::ClientTimeout,
         BodyError::Peer(_) => ProxyError::BadRequest("invalid request body"),
@@ -156,9 +183,11 @@ fn client_body_error(e: &BodyError) -> ProxyError {
 async fn send_h2(
     cluster: &Cluster,
     ep: &Endpoint,
-    req: Request<ProxyBody>,
-) -> Result<Sent, ProxyError> {
-    let mut req = req;
+    parts: &Parts,
+    body: ProxyBody,
+) -> Result<Sent, Failed> {
+    // hyper takes the request by value: HTTP/2 pays for a copy of the head, HTTP/1 does not.
+    let mut req = Request::from_parts(parts.clone(), body);
     if let Some(mut sender) = ep.pool.h2()
         && sender.ready().await.is_ok()
     {
@@ -166,20 +195,30 @@ async fn send_h2(
             Ok(response) => return Ok(h2_sent(response)),
             Err(mut e) => match e.take_message() {
                 Some(unsent) => req = unsent,
-                None => return Err(map_hyper_error(e.error())),
+                None => return Err(map_hyper_error(e.error()).into()),
             },
         }
     }
-    let Fresh::H2(mut sender) = Box::pin(connect(cluster, ep)).await? else {
-        return Err(ProxyError::Internal);
+    let mut sender = match Box::pin(connect(cluster, ep)).await {
+        Ok(Fresh::H2(s)) => s,
+        Ok(Fresh::H1(_)) => return Err(ProxyError::Internal.into()),
+        Err(error) => {
+            return Err(Failed {
+                error,
+                body: Some(req.into_body()),
+            });
+        }
     };
     ep.pool.set_h2(sender.clone());
-    sender.ready().await.map_err(|e| map_hyper_error(&e))?;
+    sender
+        .ready()
+        .await
+        .map_err(|e| Failed::from(map_hyper_error(&e)))?;
     sender
         .send_request(req)
         .await
         .map(h2_sent)
-        .map_err(|e| map_hyper_error(&e))
+        .map_err(|e| map_hyper_error(&e).into())
 }
 
 fn h2_sent(response: Response<Incoming>) -> Sent {
@@ -193,6 +232,12 @@ fn map_hyper_error(e: &hyper::Error) -> ProxyError {
     while let Some(c) = cause {
         if let Some(body) = c.downcast_ref::<BodyError>() {
             return client_body_error(body);
+        }
+        if c.downcast_ref::<h2::Error>()
+            .and_then(h2::Error::reason)
+            .is_some_and(|r| r == h2::Reason::REFUSED_STREAM)
+        {
+            return ProxyError::RefusedStream;
         }
         cause = c.source();
     }

@@ -1,0 +1,253 @@
+//! `Limits`: a cluster's concurrency caps and its retry budget, the "fail fast" half of failure
+//! handling. A request over a cap is answered 503 at once instead of queueing behind a struggling
+//! cluster (Envoy's circuit-breaker thresholds); a retry or hedge beyond the budget is simply not
+//! made, so retries can never multiply an overload.
+//!
+//! Each admission is a permit (a drop guard), so a cancelled request can never leak a count. The
+//! counters are atomics updated with compare-and-swap loops: a cap is never exceeded even when
+//! workers race for the last slot. Deciding *whether* a failure deserves a retry is
+//! `upstream::retry`'s job; this module only says whether one may be made now.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU32, AtomicU64, Ordering},
+};
+
+use crate::config::{LimitsConfig, RetryBudgetConfig};
+
+/// Why an admission was refused (the access-log flag and the metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    /// `limits.max_requests`.
+    Requests,
+    /// `limits.max_retries`.
+    Retries,
+    /// The retry budget (`retry_budget.percent` of requests in flight).
+    Budget,
+}
+
+impl Overflow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Requests => "max_requests",
+            Self::Retries => "max_retries",
+            Self::Budget => "retry_budget",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Live {
+    requests: AtomicU32,
+    retries: AtomicU32,
+    /// Refusals since start, for `/clusters`.
+    overflows: AtomicU64,
+}
+
+#[derive(Debug)]
+pub struct Limits {
+    pub max_requests: u32,
+    pub max_retries: u32,
+    pub budget_percent: u32,
+    pub budget_min: u32,
+    live: Arc<Live>,
+}
+
+/// One admitted request or retry; dropping it gives the slot back.
+#[derive(Debug)]
+#[must_use = "dropping the permit gives its slot back at once"]
+pub struct Permit {
+    live: Arc<Live>,
+    retry: bool,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let counter = if self.retry {
+            &self.live.retries
+        } else {
+            &self.live.requests
+        };
+        counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Limits {
+    pub fn new(limits: &LimitsConfig, budget: &RetryBudgetConfig) -> Self {
+        Self {
+            max_requests: limits.max_requests,
+            max_retries: limits.max_retries,
+            budget_percent: budget.percent,
+            budget_min: budget.min_concurrency,
+            live: Arc::default(),
+        }
+    }
+
+    /// A slot for one request to the cluster, held until its response ends.
+    pub fn admit_request(&self) -> Result<Permit, Overflow> {
+        if take(&self.live.requests, self.max_requests) {
+            Ok(Permit {
+                live: Arc::clone(&self.live),
+                retry: false,
+            })
+        } else {
+            self.live.overflows.fetch_add(1, Ordering::Relaxed);
+            Err(Overflow::Requests)
+        }
+    }
+
+    /// A slot for one retry or hedge: within both `max_retries` and the budget, which allows
+    /// `budget_percent` of the requests in flight, or `budget_min`, whichever is more (so a quiet
+    /// cluster can still retry at all).
+    pub fn admit_retry(&self) -> Result<Permit, Overflow> {
+        let in_flight = u64::from(self.live.requests.load(Ordering::Acquire));
+        let budget = (in_flight * u64::from(self.budget_percent) / 100)
+            .max(u64::from(self.budget_min))
+            .min(u64::from(u32::MAX)) as u32;
+        let cap = budget.min(self.max_retries);
+        if take(&self.live.retries, cap) {
+            Ok(Permit {
+                live: Arc::clone(&self.live),
+                retry: true,
+            })
+        } else {
+            self.live.overflows.fetch_add(1, Ordering::Relaxed);
+            Err(if budget <= self.max_retries {
+                Overflow::Budget
+            } else {
+                Overflow::Retries
+            })
+        }
+    }
+
+    pub fn requests(&self) -> u32 {
+        self.live.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn retries(&self) -> u32 {
+        self.live.retries.load(Ordering::Relaxed)
+    }
+
+    pub fn overflows(&self) -> u64 {
+        self.live.overflows.load(Ordering::Relaxed)
+    }
+}
+
+/// Increments `counter` unless it is already at `cap`.
+fn take(counter: &AtomicU32, cap: u32) -> bool {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < cap).then_some(n + 1)
+        })
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn limits(max_requests: u32, max_retries: u32, percent: u32, min: u32) -> Limits {
+        Limits::new(
+            &LimitsConfig {
+                max_requests,
+                max_retries,
+                ..LimitsConfig::default()
+            },
+            &RetryBudgetConfig {
+                percent,
+                min_concurrency: min,
+            },
+        )
+    }
+
+    #[test]
+    fn requests_are_capped_and_permits_give_slots_back() {
+        let l = limits(2, 10, 20, 3);
+        let a = l.admit_request().unwrap();
+        let _b = l.admit_request().unwrap();
+        assert_eq!(l.admit_request().unwrap_err(), Overflow::Requests);
+        drop(a);
+        assert!(l.admit_request().is_ok());
+        assert_eq!(l.overflows(), 1);
+    }
+
+    #[test]
+    fn the_budget_is_a_share_of_requests_in_flight_with_a_floor() {
+        let l = limits(1000, 1000, 20, 3);
+        // Quiet cluster: the floor of 3 applies.
+        let r: Vec<_> = (0..3).map(|_| l.admit_retry().unwrap()).collect();
+        assert_eq!(l.admit_retry().unwrap_err(), Overflow::Budget);
+        drop(r);
+        // 50 requests in flight: 20% = 10 retries.
+        let _reqs: Vec<_> = (0..50).map(|_| l.admit_request().unwrap()).collect();
+        let r: Vec<_> = (0..10).map(|_| l.admit_retry().unwrap()).collect();
+        assert_eq!(l.admit_retry().unwrap_err(), Overflow::Budget);
+        assert_eq!(l.retries(), 10);
+        drop(r);
+        assert_eq!(l.retries(), 0);
+    }
+
+    #[test]
+    fn max_retries_caps_below_the_budget() {
+        let l = limits(1000, 2, 50, 3);
+        let _reqs: Vec<_> = (0..100).map(|_| l.admit_request().unwrap()).collect();
+        let _r: Vec<_> = (0..2).map(|_| l.admit_retry().unwrap()).collect();
+        assert_eq!(l.admit_retry().unwrap_err(), Overflow::Retries);
+    }
+
+    #[test]
+    fn a_zero_percent_budget_leaves_only_the_floor() {
+        let l = limits(1000, 1000, 0, 1);
+        let _reqs: Vec<_> = (0..500).map(|_| l.admit_request().unwrap()).collect();
+        let _r = l.admit_retry().unwrap();
+        assert!(l.admit_retry().is_err());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Request,
+        Retry,
+        DropRequest(usize),
+        DropRetry(usize),
+    }
+
+    proptest! {
+        /// Whatever the interleaving, retries in flight never exceed max(min, percent × requests
+        /// in flight at admission) nor max_retries, and requests never exceed max_requests.
+        #[test]
+        fn caps_and_budget_are_never_exceeded(
+            max_requests in 1u32..50,
+            max_retries in 0u32..20,
+            percent in 0u32..=100,
+            min in 0u32..5,
+            ops in prop::collection::vec(prop_oneof![
+                Just(Op::Request), Just(Op::Retry),
+                (0usize..64).prop_map(Op::DropRequest), (0usize..64).prop_map(Op::DropRetry),
+            ], 0..200),
+        ) {
+            let l = limits(max_requests, max_retries, percent, min);
+            let (mut reqs, mut retries) = (Vec::new(), Vec::new());
+            for op in ops {
+                match op {
+                    Op::Request => if let Ok(p) = l.admit_request() { reqs.push(p) },
+                    Op::Retry => {
+                        let allowed = (u64::from(l.requests()) * u64::from(percent) / 100)
+                            .max(u64::from(min)).min(u64::from(max_retries));
+                        let before = l.retries();
+                        match l.admit_retry() {
+                            Ok(p) => { prop_assert!(u64::from(before) < allowed); retries.push(p) }
+                            Err(_) => prop_assert!(u64::from(before) >= allowed),
+                        }
+                    }
+                    Op::DropRequest(i) => if !reqs.is_empty() { drop(reqs.swap_remove(i % reqs.len())); },
+                    Op::DropRetry(i) => if !retries.is_empty() { drop(retries.swap_remove(i % retries.len())); },
+                }
+                prop_assert!(l.requests() <= max_requests);
+                prop_assert_eq!(l.requests() as usize, reqs.len());
+                prop_assert_eq!(l.retries() as usize, retries.len());
+            }
+        }
+    }
+}
