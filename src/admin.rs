@@ -2,7 +2,8 @@
 //!
 //! It has its own port (loopback by default) so that an operator can still look inside when the
 //! traffic listeners are saturated, and it is unauthenticated unless `admin.auth_token` is set.
-//! It reads state; it changes none in this version (reload and endpoint drain come later).
+//! It reads state, and changes one thing: an endpoint's admin mode (drain, down, auto), with
+//! `POST /clusters/NAME/endpoints/ID/MODE`.
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
@@ -15,7 +16,11 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::snapshot::{Shared, State};
+use crate::{
+    health::endpoint::AdminMode,
+    snapshot::{Shared, State},
+    upstream::cluster::Cluster,
+};
 
 /// Serves the admin API until `stop`.
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
@@ -61,8 +66,20 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
             return text(StatusCode::UNAUTHORIZED, "admin token required\n");
         }
     }
+    if req.method() == Method::POST {
+        return match req.uri().path().strip_prefix("/clusters/") {
+            Some(rest) => set_endpoint_mode(shared, rest),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "POST only to /clusters/NAME/endpoints/ID/{drain,down,auto}\n",
+            ),
+        };
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET and POST are supported\n",
+        );
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
@@ -110,6 +127,48 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
     }
 }
 
+/// `NAME/endpoints/ID/MODE`: sets an endpoint's admin mode and replans its cluster at once. `ID`
+/// is the endpoint's id or its `ip:port`, as `/clusters` shows them.
+fn set_endpoint_mode(shared: &Shared, rest: &str) -> Response<Full<Bytes>> {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let [cluster, "endpoints", id, mode] = parts[..] else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "expected /clusters/NAME/endpoints/ID/{drain,down,auto}\n",
+        );
+    };
+    let Some(mode) = AdminMode::parse(mode) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "mode must be drain, down or auto\n",
+        );
+    };
+    let snapshot = shared.load();
+    let Some(c) = snapshot.clusters.get(cluster) else {
+        return text(StatusCode::NOT_FOUND, "unknown cluster\n");
+    };
+    let members = c.members();
+    let matched: Vec<_> = members
+        .endpoints
+        .iter()
+        .filter(|e| &*e.id == id || e.addr.to_string() == id)
+        .collect();
+    if matched.is_empty() {
+        return text(StatusCode::NOT_FOUND, "unknown endpoint\n");
+    }
+    for e in &matched {
+        e.health.set_admin(mode);
+        tracing::warn!(cluster = %c.name, endpoint = %e.id, mode = mode.as_str(), "endpoint mode set through the admin API");
+    }
+    c.replan();
+    c.wake.notify_one();
+    json_response(&json!({
+        "cluster": &*c.name,
+        "endpoints": matched.iter().map(|e| &*e.id).collect::<Vec<_>>(),
+        "mode": mode.as_str(),
+    }))
+}
+
 fn clusters(shared: &Shared) -> serde_json::Value {
     let snapshot = shared.load();
     let now = Instant::now();
@@ -118,34 +177,108 @@ fn clusters(shared: &Shared) -> serde_json::Value {
     let list: Vec<_> = names
         .into_iter()
         .filter_map(|n| snapshot.clusters.get(n))
-        .map(|c| {
-            let members = c.members();
-            let endpoints: Vec<_> = members
-                .endpoints
-                .iter()
-                .map(|e| {
-                    json!({
-                        "id": &*e.id,
-                        "address": e.addr.to_string(),
-                        "weight": e.weight,
-                        "state": "healthy",
-                        "in_flight": e.stats.in_flight(),
-                        "ewma_latency_ms": e.stats.ewma_latency(now).as_secs_f64() * 1000.0,
-                        "successes": e.stats.successes(),
-                        "failures": e.stats.failures(),
-                        "idle_connections": e.pool.idle_count(),
-                    })
+        .map(|c| cluster_json(c, now))
+        .collect();
+    json!({ "config_version": snapshot.version, "clusters": list })
+}
+
+fn cluster_json(c: &Cluster, now: Instant) -> serde_json::Value {
+    let members = c.members();
+    let outlier_cfg = c.health.outlier.as_ref();
+    let endpoints: Vec<_> = members
+        .endpoints
+        .iter()
+        .map(|e| {
+            let verdict = e.health.verdict().clone();
+            let outlier = e.health.outlier().clone();
+            let active = verdict.active.as_ref().map(|a| {
+                let (ok, fail) = a.consecutive();
+                json!({
+                    "status": a.status().as_str(),
+                    "since_s": now.saturating_duration_since(a.since()).as_secs_f64(),
+                    "last_probe": a.last_probe().map(|(_, ok)| if ok { "pass" } else { "fail" }),
+                    "last_failure": verdict.last_probe_detail,
+                    "consecutive_passes": ok,
+                    "consecutive_failures": fail,
                 })
-                .collect();
+            });
+            let ejection = outlier.ejection().map(|j| {
+                json!({
+                    "reason": j.reason.as_str(),
+                    "for_s": now.saturating_duration_since(j.since).as_secs_f64(),
+                    "remaining_s": j.until.saturating_duration_since(now).as_secs_f64(),
+                    "count": j.count,
+                })
+            });
+            let window = outlier_cfg.map(|cfg| {
+                let w = outlier.window_stats(cfg, now);
+                json!({
+                    "requests": w.requests,
+                    "failures": w.failures,
+                    "mean_latency_ms": w.mean_latency.map(|d| d.as_secs_f64() * 1000.0),
+                })
+            });
+            let slow_start = verdict
+                .ramp_from
+                .filter(|&since| c.health.slow_start.ramping(since, now))
+                .map(|since| {
+                    json!({
+                        "progress": c.health.slow_start.factor(since, now),
+                        "effective_weight": e.effective_weight(),
+                    })
+                });
             json!({
-                "name": &*c.name,
-                "balance": c.balance_name(),
-                "protocol": match c.protocol { crate::config::UpstreamProtocol::Http1 => "http1", crate::config::UpstreamProtocol::H2 => "h2" },
-                "endpoints": endpoints,
+                "id": &*e.id,
+                "address": e.addr.to_string(),
+                "weight": e.weight,
+                "priority": e.priority,
+                "zone": e.zone.as_deref(),
+                "state": e.health.state_name(),
+                "admin": e.health.admin().as_str(),
+                "active_check": active,
+                "ejection": ejection,
+                "times_ejected": outlier.times_ejected(),
+                "outlier_window": window,
+                "slow_start": slow_start,
+                "in_flight": e.stats.in_flight(),
+                "ewma_latency_ms": e.stats.ewma_latency(now).as_secs_f64() * 1000.0,
+                "successes": e.stats.successes(),
+                "failures": e.stats.failures(),
+                "idle_connections": e.pool.idle_count(),
             })
         })
         .collect();
-    json!({ "config_version": snapshot.version, "clusters": list })
+    let plan: Vec<_> = members
+        .plan
+        .groups
+        .iter()
+        .map(|g| {
+            json!({
+                "priority": g.priority,
+                "local": g.local,
+                "share_percent": f64::from(g.share) / 100.0,
+                "endpoints": g.members.iter().filter_map(|&i| members.endpoints.get(i)).map(|e| &*e.id).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "name": &*c.name,
+        "balance": c.balance_name(),
+        "protocol": match c.protocol { crate::config::UpstreamProtocol::Http1 => "http1", crate::config::UpstreamProtocol::H2 => "h2" },
+        "panic": members.plan.panic,
+        "healthy_percent": members.plan.healthy_percent(),
+        "routable_endpoints": members.routable(),
+        "plan": plan,
+        "fallback": c.fallback.as_deref(),
+        "limits": {
+            "requests": c.limits.requests(),
+            "max_requests": c.limits.max_requests,
+            "retries": c.limits.retries(),
+            "max_retries": c.limits.max_retries,
+            "overflows": c.limits.overflows(),
+        },
+        "endpoints": endpoints,
+    })
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -49,6 +49,9 @@ pub enum Command {
         /// Where the demo admin API listens.
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: String,
+        /// Where the demo upstreams' fault control API listens.
+        #[arg(long, default_value = "127.0.0.1:9902")]
+        chaos: std::net::SocketAddr,
     },
 }
 
@@ -56,7 +59,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match (&cli.command, cli.test) {
         (Some(Command::Validate), _) | (_, true) => validate(&cli),
-        (Some(Command::Demo { listen, admin }), _) => {
+        (Some(Command::Demo { listen, admin, .. }), _) => {
             let source = crate::demo::source(listen, admin);
             serve(&cli, source, true)
         }
@@ -147,10 +150,11 @@ fn serve(cli: &Cli, source: Source, demo: bool) -> ExitCode {
         }
     };
     let code = rt.block_on(async move {
-        let demo_upstreams = if demo {
-            Some(crate::demo::Upstreams::start().await)
-        } else {
-            None
+        let demo_upstreams = match &cli.command {
+            Some(Command::Demo { chaos, .. }) if demo => {
+                Some(crate::demo::Upstreams::start(*chaos).await)
+            }
+            _ => None,
         };
         let source = match &demo_upstreams {
             Some(Ok(u)) => u.fill(source),
@@ -168,8 +172,8 @@ fn serve(cli: &Cli, source: Source, demo: bool) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        if demo {
-            crate::demo::print_tour(&running);
+        if let Some(Ok(u)) = &demo_upstreams {
+            crate::demo::print_tour(&running, u);
         }
         wait_for_signal().await;
         #[allow(

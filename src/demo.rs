@@ -1,19 +1,15 @@
-//! `palisade demo`: three small upstreams in-process and Palisade in front of them, so a newcomer
-//! sees routing and load balancing within seconds of the build.
+//! `palisade demo`: three upstreams in-process and Palisade in front of them, so a newcomer sees
+//! routing, load balancing and failover within seconds of the build.
 //!
-//! The upstreams answer with their name (a header and the body), echo request headers on `/echo`,
-//! and sleep on `/slow?ms=N`. This module owns the demo only; nothing else depends on it.
+//! The upstreams are the chaos kit's (`crate::chaos`): they answer with their name, echo request
+//! headers on `/echo`, sleep on `/slow?ms=N`, and can be told to fail in every way (and heal)
+//! through a small control API, so failover can be watched in `/clusters` and a curl loop. This
+//! module owns the demo only; nothing else depends on it.
 
-use std::{convert::Infallible, net::SocketAddr, time::Duration};
-
-use bytes::Bytes;
-use http::{Request, Response, header};
-use http_body_util::Full;
-use hyper::{body::Incoming, service::service_fn};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
 
 use crate::{
+    chaos::{ChaosUpstream, Control},
     config::{self, EndpointConfig, EndpointSpec, Source},
     server::Running,
 };
@@ -38,21 +34,31 @@ pub fn source(listen: &str, admin: &str) -> Source {
     })
 }
 
-/// The three running demo upstreams.
+/// The three running demo upstreams and the control API that breaks and heals them.
 #[derive(Debug)]
 pub struct Upstreams {
     pub addrs: Vec<SocketAddr>,
+    /// Where faults are switched (`POST /bravo/hang`).
+    pub control: SocketAddr,
+    _upstreams: Vec<ChaosUpstream>,
+    _control: Control,
 }
 
 impl Upstreams {
-    pub async fn start() -> std::io::Result<Self> {
-        let mut addrs = Vec::new();
-        for n in 1..=3 {
-            let listener = TcpListener::bind("127.0.0.1:0").await?;
-            addrs.push(listener.local_addr()?);
-            tokio::spawn(serve(listener, n));
+    /// Starts alpha, bravo and charlie on ephemeral ports and the fault control API on `control`.
+    pub async fn start(control: SocketAddr) -> std::io::Result<Self> {
+        let mut upstreams = Vec::new();
+        for name in ["alpha", "bravo", "charlie"] {
+            upstreams
+                .push(ChaosUpstream::start(name, SocketAddr::from(([127, 0, 0, 1], 0))).await?);
         }
-        Ok(Self { addrs })
+        let ctl = Control::start(control, upstreams.clone()).await?;
+        Ok(Self {
+            addrs: upstreams.iter().map(ChaosUpstream::addr).collect(),
+            control: ctl.addr(),
+            _upstreams: upstreams,
+            _control: ctl,
+        })
     }
 
     /// Points the config's placeholder endpoints (`127.0.0.1:1..3`) at the real upstreams.
@@ -81,92 +87,35 @@ impl Upstreams {
     }
 }
 
-async fn serve(listener: TcpListener, n: usize) {
-    let name = ["", "alpha", "bravo", "charlie"]
-        .get(n)
-        .copied()
-        .unwrap_or("demo");
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| async move {
-                Ok::<_, Infallible>(answer(&req, n, name).await)
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await;
-        });
-    }
-}
-
-async fn answer(req: &Request<Incoming>, n: usize, name: &str) -> Response<Full<Bytes>> {
-    let path = req.uri().path();
-    let body = if path == "/echo" {
-        let headers: serde_json::Map<String, serde_json::Value> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    serde_json::Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-                )
-            })
-            .collect();
-        serde_json::to_string_pretty(&serde_json::json!({ "upstream": name, "method": req.method().as_str(), "uri": req.uri().to_string(), "headers": headers }))
-            .unwrap_or_default()
-            + "\n"
-    } else {
-        if path == "/slow" {
-            let ms = req
-                .uri()
-                .query()
-                .and_then(|q| q.strip_prefix("ms="))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(500u64);
-            tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
-        }
-        format!(
-            "upstream {n} ({name}) answered {} {}\n",
-            req.method(),
-            req.uri()
-        )
-    };
-    let mut rsp = Response::new(Full::new(Bytes::from(body)));
-    rsp.headers_mut().insert(
-        "x-demo-upstream",
-        http::HeaderValue::from_static(match n {
-            1 => "alpha",
-            2 => "bravo",
-            _ => "charlie",
-        }),
-    );
-    rsp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    rsp
-}
-
 /// What to try, printed once the demo is live.
-pub fn print_tour(running: &Running) {
+pub fn print_tour(running: &Running, upstreams: &Upstreams) {
+    let control = upstreams.control;
+    let bravo = upstreams
+        .addrs
+        .get(1)
+        .map_or_else(|| "ADDR".to_owned(), ToString::to_string);
     let web = running
         .addr("web")
         .map_or_else(|| "127.0.0.1:8080".to_owned(), |a| a.to_string());
     let admin = running.admin;
     println!(
-        "\nPalisade demo is live: proxy on http://{web}, admin on http://{admin}\n\n\
+        "\nPalisade demo is live: proxy on http://{web}, admin on http://{admin}\n\
+         Fault control for the demo upstreams on http://{control}\n\n\
          Try:\n\
          \x20 for i in 1 2 3 4 5 6; do curl -s http://{web}/; done      # round robin over alpha, bravo, charlie\n\
          \x20 curl -s http://{web}/api/users                            # route \"api\": prefix stripped, least_request\n\
          \x20 curl -s http://{web}/echo                                 # what the upstream received (X-Forwarded-For, Via, X-Request-Id)\n\
          \x20 curl -s -H 'x-canary: 1' http://{web}/                     # a 50/50 split between two clusters\n\
          \x20 curl -s http://{web}/slow?ms=300                           # a slow upstream answer\n\
-         \x20 curl -s http://{admin}/clusters                           # every endpoint's live stats\n\
-         \x20 curl -s http://{admin}/metrics | grep palisade_requests     # Prometheus metrics\n\
-         \x20 curl -s http://{admin}/server_info\n\n\
+         \x20 curl -s http://{admin}/clusters                           # every endpoint's health, ejections, live stats\n\
+         \x20 curl -s http://{admin}/metrics | grep palisade_requests     # Prometheus metrics\n\n\
+         Watch failover: keep a loop running in another terminal,\n\
+         \x20 while true; do curl -s -o /dev/null -w '%{{http_code}} ' http://{web}/; sleep 0.1; done\n\
+         then break an upstream (refuse, hang, slow=500ms, 5xx, reset, flaky=30) and heal it:\n\
+         \x20 curl -s -X POST http://{control}/bravo/hang                # clients keep getting 200: retried, then bravo is out\n\
+         \x20 curl -s http://{admin}/clusters                           # bravo: unhealthy / ejected, and why\n\
+         \x20 curl -s -X POST http://{control}/bravo/ok                  # back after its health checks pass, ramping up\n\
+         \x20 curl -s -X POST http://{admin}/clusters/web/endpoints/{bravo}/drain   # take bravo out by hand (then .../auto)\n\n\
          Access log lines (JSON) follow below. Ctrl-C drains and exits.\n"
     );
 }

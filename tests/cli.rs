@@ -222,7 +222,15 @@ fn version_flag_prints_the_package_version() {
 async fn demo_serves_three_upstreams_round_robin_then_exits_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let mut demo = Palisade::spawn(
-        &["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"],
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--chaos",
+            "127.0.0.1:0",
+        ],
         dir.path(),
     );
     let (web, admin) = tokio::task::block_in_place(|| {
@@ -237,7 +245,7 @@ async fn demo_serves_three_upstreams_round_robin_then_exits_on_sigterm() {
     for _ in 0..6 {
         let r = support::get(&format!("http://{web}/")).await;
         assert_eq!(r.status, 200);
-        names.insert(r.header("x-demo-upstream").unwrap().to_owned());
+        names.insert(r.header("x-upstream").unwrap().to_owned());
     }
     let health = support::get(&format!("http://{admin}/healthz")).await;
 

@@ -55,7 +55,7 @@ struct Monitor {
     /// When each endpoint (by id) is due for its next probe.
     next_probe: HashMap<Arc<str>, Instant>,
     probing: HashSet<Arc<str>>,
-    /// Requests each endpoint had finished at its last probe (to tell an idle cluster).
+    /// Requests the cluster had finished at each endpoint's last probe (to tell an idle cluster).
     seen_requests: HashMap<Arc<str>, u64>,
     next_judge: Instant,
     judge_now: bool,
@@ -123,7 +123,13 @@ impl Monitor {
             return;
         };
         let schedule = &self.cluster.health.schedule;
-        let finished = ep.stats.successes() + ep.stats.failures();
+        // Idle means the whole cluster had no traffic since this endpoint's last probe (an
+        // endpoint out of rotation gets none, yet its cluster is busy).
+        let finished: u64 = members
+            .endpoints
+            .iter()
+            .map(|e| e.stats.successes() + e.stats.failures())
+            .sum();
         let had_traffic = self
             .seen_requests
             .insert(Arc::clone(id), finished)
@@ -139,6 +145,7 @@ impl Monitor {
             (t, delay)
         };
         self.next_probe.insert(Arc::clone(id), now + delay);
+        tracing::debug!(cluster = %self.cluster.name, endpoint = %ep.id, result = ?result, next_in = ?delay, "probe");
         if let Some(t) = transition {
             let to = t.to.as_str();
             metrics::health_transition(&self.cluster.name, to);
