@@ -276,6 +276,10 @@ fn cluster_json(c: &Cluster, now: Instant) -> serde_json::Value {
             "retries": c.limits.retries(),
             "max_retries": c.limits.max_retries,
             "overflows": c.limits.overflows(),
+            "connections": c.limits.connections(),
+            "max_connections": c.limits.max_connections,
+            "pending": c.limits.pending(),
+            "max_pending": c.limits.max_pending,
         },
         "endpoints": endpoints,
     })

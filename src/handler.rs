@@ -37,7 +37,7 @@ use crate::{
     upstream::{
         cluster::{Cluster, Endpoint, HashKey, fnv1a},
         forward::{self, UpstreamBody},
-        limits::{Overflow, Permit},
+        limits::Permit,
         replay::Replay,
         retry::{self, Failure},
         stats::InFlight,
@@ -361,7 +361,7 @@ async fn proxy(
     let request_permit = cluster
         .limits
         .admit_request()
-        .map_err(|o| overflow(cluster, o))?;
+        .map_err(|o| o.error(&cluster.name))?;
     // One clock read serves the route's deadline, the pool's idle check and the upstream's
     // latency (the microseconds spent building the request count towards none of them).
     let mut sent_at = Instant::now();
@@ -581,12 +581,6 @@ fn serving<'a>(snapshot: &'a Snapshot, first: &'a Arc<Cluster>) -> Option<&'a Ar
         cluster = next;
     }
     None
-}
-
-/// A cluster limit refused the request: 503 at once, counted.
-fn overflow(cluster: &Cluster, o: Overflow) -> ProxyError {
-    crate::metrics::limit_overflow(&cluster.name, o.as_str());
-    ProxyError::Overflow(o.as_str())
 }
 
 /// What an attempt's outcome says about the endpoint.

@@ -131,7 +131,7 @@ pub async fn compile(
         let mut endpoints = Vec::new();
         let active_checks = c.health_check.is_some();
         for e in &c.endpoints {
-            let spec = Spec::from_config(e);
+            let spec = Spec::from_config(e, c);
             for addr in dns::resolve_now(&spec.address).await {
                 let id = dns::endpoint_id(&spec.address, addr);
                 let reused = old

@@ -42,15 +42,18 @@ pub struct Spec {
     pub weight: u32,
     pub priority: u8,
     pub zone: Option<Arc<str>>,
+    /// The cluster's `limits.max_connections_per_endpoint` (0 = none).
+    pub max_connections: u32,
 }
 
 impl Spec {
-    pub fn from_config(e: &crate::config::EndpointConfig) -> Self {
+    pub fn from_config(e: &crate::config::EndpointConfig, cluster: &ClusterConfig) -> Self {
         Self {
             address: e.address().to_owned(),
             weight: e.weight(),
             priority: e.priority(),
             zone: e.zone().map(Arc::from),
+            max_connections: cluster.limits.max_connections_per_endpoint,
         }
     }
 }
@@ -69,6 +72,9 @@ pub struct Endpoint {
     pub zone: Option<Arc<str>>,
     /// `weight` scaled by slow start: what the balancers read. Written by the health task.
     effective_weight: AtomicU32,
+    /// This endpoint's connection cap, when it has one (`limits.max_connections_per_endpoint`).
+    pub connection_slots: Option<Arc<tokio::sync::Semaphore>>,
+    max_connections: u32,
     pub stats: Arc<EndpointStats>,
     pub health: EndpointHealth,
     pub pool: Pool,
@@ -98,6 +104,9 @@ impl Endpoint {
             priority: spec.priority,
             zone: spec.zone.clone(),
             effective_weight: AtomicU32::new(spec.weight.max(1)),
+            connection_slots: (spec.max_connections > 0)
+                .then(|| Arc::new(tokio::sync::Semaphore::new(spec.max_connections as usize))),
+            max_connections: spec.max_connections,
             stats: Arc::new(EndpointStats::new(now)),
             health: EndpointHealth::new(now, active_checks),
             pool,
@@ -108,7 +117,10 @@ impl Endpoint {
 
     /// Whether this endpoint can stand for `spec` in a new config (its state then carries over).
     pub fn matches(&self, spec: &Spec) -> bool {
-        self.weight == spec.weight && self.priority == spec.priority && self.zone == spec.zone
+        self.weight == spec.weight
+            && self.priority == spec.priority
+            && self.zone == spec.zone
+            && self.max_connections == spec.max_connections
     }
 
     /// The weight balancers use now (slow start lowers it for a while).
@@ -283,7 +295,11 @@ impl Cluster {
             dns_refresh: cfg.dns_refresh.get(),
             kind,
             hash_balance_factor: cfg.hash_balance_factor,
-            specs: cfg.endpoints.iter().map(Spec::from_config).collect(),
+            specs: cfg
+                .endpoints
+                .iter()
+                .map(|e| Spec::from_config(e, cfg))
+                .collect(),
             health: health::Settings::from_config(cfg),
             plan_config,
             local_zone,

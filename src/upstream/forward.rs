@@ -85,9 +85,8 @@ async fn send_h1(
     let replayable = parts.method.is_idempotent() && body.is_known_empty();
     let (mut conn, pooled) = match ep.pool.checkout(now) {
         Some(c) => (c, true),
-        None => match Box::pin(connect(cluster, ep)).await {
-            Ok(Fresh::H1(c)) => (c, false),
-            Ok(Fresh::H2(_)) => return Err(ProxyError::Internal.into()),
+        None => match Box::pin(open_h1(cluster, ep)).await {
+            Ok(c) => c,
             // Nothing was sent: the body goes back for another attempt.
             Err(error) => {
                 return Err(Failed {
@@ -112,14 +111,49 @@ async fn send_h1(
         Err(e) => return Err(map_error(e).into()),
     }
     let head = std::mem::take(&mut conn.wbuf);
-    let Fresh::H1(mut conn) = Box::pin(connect(cluster, ep)).await? else {
-        return Err(ProxyError::Internal.into());
-    };
+    drop(conn);
+    let (mut conn, _) = Box::pin(open_h1(cluster, ep)).await?;
     conn.wbuf = head;
     let mut sent_all = true;
     match http1::exchange(&mut conn, head_request, &mut outgoing, &mut sent_all).await {
         Ok(h) => Ok(respond(conn, h, outgoing, sent_all, ep)),
         Err(e) => Err(map_error(e).into()),
+    }
+}
+
+/// A connection for a request that found none idle in the pool: a new one within the cluster's
+/// and endpoint's connection caps, or, when the caps are reached, whichever comes first of a
+/// freed slot and a connection checked back in, waiting as one of at most `max_pending` for up
+/// to `queue_timeout` (then 503). Returns whether the connection came from the pool.
+async fn open_h1(cluster: &Cluster, ep: &Arc<Endpoint>) -> Result<(Conn, bool), ProxyError> {
+    let limits = &cluster.limits;
+    let slots = ep.connection_slots.as_ref();
+    let slot = match limits.try_connection(slots) {
+        Some(s) => s,
+        None => {
+            let _waiting = limits.wait().map_err(|o| o.error(&cluster.name))?;
+            let deadline = Instant::now() + limits.queue_timeout;
+            loop {
+                tokio::select! {
+                    s = limits.connection(slots) => break s.ok_or(ProxyError::Internal)?,
+                    () = ep.pool.returned.notified() => {
+                        if let Some(c) = ep.pool.checkout(StdInstant::now()) {
+                            return Ok((c, true));
+                        }
+                    }
+                    () = tokio::time::sleep_until(deadline) => {
+                        return Err(limits.queue_timed_out().error(&cluster.name));
+                    }
+                }
+            }
+        }
+    };
+    match connect(cluster, ep).await? {
+        Fresh::H1(mut c) => {
+            c.slot = Some(slot);
+            Ok((c, false))
+        }
+        Fresh::H2(_) => Err(ProxyError::Internal),
     }
 }
 

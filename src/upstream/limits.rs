@@ -1,17 +1,24 @@
 //! `Limits`: a cluster's concurrency caps and its retry budget, the "fail fast" half of failure
 //! handling. A request over a cap is answered 503 at once instead of queueing behind a struggling
 //! cluster (Envoy's circuit-breaker thresholds); a retry or hedge beyond the budget is simply not
-//! made, so retries can never multiply an overload.
+//! made, so retries can never multiply an overload. Upstream connections are capped too: a
+//! request that needs a new connection when all are taken waits, as one of at most `max_pending`,
+//! up to `queue_timeout` (HAProxy's `maxconn` + `maxqueue` + `timeout queue`).
 //!
 //! Each admission is a permit (a drop guard), so a cancelled request can never leak a count. The
 //! counters are atomics updated with compare-and-swap loops: a cap is never exceeded even when
 //! workers race for the last slot. Deciding *whether* a failure deserves a retry is
 //! `upstream::retry`'s job; this module only says whether one may be made now.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU32, AtomicU64, Ordering},
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::Duration,
 };
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{LimitsConfig, RetryBudgetConfig};
 
@@ -24,14 +31,26 @@ pub enum Overflow {
     Retries,
     /// The retry budget (`retry_budget.percent` of requests in flight).
     Budget,
+    /// `limits.max_pending`: too many requests already wait for a connection.
+    Pending,
+    /// `limits.queue_timeout`: no connection became free in time.
+    QueueTimeout,
 }
 
 impl Overflow {
+    /// The error answered (503 at once), counted in the cluster's metrics.
+    pub fn error(self, cluster: &str) -> crate::error::ProxyError {
+        crate::metrics::limit_overflow(cluster, self.as_str());
+        crate::error::ProxyError::Overflow(self.as_str())
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Requests => "max_requests",
             Self::Retries => "max_retries",
             Self::Budget => "retry_budget",
+            Self::Pending => "max_pending",
+            Self::QueueTimeout => "queue_timeout",
         }
     }
 }
@@ -50,7 +69,33 @@ pub struct Limits {
     pub max_retries: u32,
     pub budget_percent: u32,
     pub budget_min: u32,
+    pub max_connections: u32,
+    pub max_pending: u32,
+    pub queue_timeout: Duration,
+    /// Per endpoint; 0 = only the cluster's cap.
+    pub max_connections_per_endpoint: u32,
+    connections: Arc<Semaphore>,
+    pending: AtomicU32,
     live: Arc<Live>,
+}
+
+/// A connection's place under the caps; dropping it (the connection closed) frees the place.
+#[derive(Debug)]
+pub struct ConnSlot {
+    _cluster: OwnedSemaphorePermit,
+    _endpoint: Option<OwnedSemaphorePermit>,
+}
+
+/// One request waiting for a connection; dropping it leaves the queue.
+#[derive(Debug)]
+pub struct Waiting<'a> {
+    pending: &'a AtomicU32,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.pending.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One admitted request or retry; dropping it gives the slot back.
@@ -79,8 +124,70 @@ impl Limits {
             max_retries: limits.max_retries,
             budget_percent: budget.percent,
             budget_min: budget.min_concurrency,
+            max_connections: limits.max_connections,
+            max_pending: limits.max_pending,
+            queue_timeout: limits.queue_timeout.get(),
+            max_connections_per_endpoint: limits.max_connections_per_endpoint,
+            connections: Arc::new(Semaphore::new(limits.max_connections as usize)),
+            pending: AtomicU32::new(0),
             live: Arc::default(),
         }
+    }
+
+    /// A slot for a new connection now, if the cluster and `endpoint` (its own semaphore, when
+    /// it has a cap) both have room.
+    pub fn try_connection(&self, endpoint: Option<&Arc<Semaphore>>) -> Option<ConnSlot> {
+        let ep = match endpoint {
+            Some(s) => Some(Arc::clone(s).try_acquire_owned().ok()?),
+            None => None,
+        };
+        let cluster = Arc::clone(&self.connections).try_acquire_owned().ok()?;
+        Some(ConnSlot {
+            _cluster: cluster,
+            _endpoint: ep,
+        })
+    }
+
+    /// Waits for a connection slot (cluster and endpoint), as long as the caller polls it.
+    pub async fn connection(&self, endpoint: Option<&Arc<Semaphore>>) -> Option<ConnSlot> {
+        let ep = match endpoint {
+            Some(s) => Some(Arc::clone(s).acquire_owned().await.ok()?),
+            None => None,
+        };
+        let cluster = Arc::clone(&self.connections).acquire_owned().await.ok()?;
+        Some(ConnSlot {
+            _cluster: cluster,
+            _endpoint: ep,
+        })
+    }
+
+    /// A place in the queue for a connection, unless `max_pending` requests already wait.
+    pub fn wait(&self) -> Result<Waiting<'_>, Overflow> {
+        if take(&self.pending, self.max_pending) {
+            Ok(Waiting {
+                pending: &self.pending,
+            })
+        } else {
+            self.live.overflows.fetch_add(1, Ordering::Relaxed);
+            Err(Overflow::Pending)
+        }
+    }
+
+    /// Counts a request that waited `queue_timeout` in vain.
+    pub fn queue_timed_out(&self) -> Overflow {
+        self.live.overflows.fetch_add(1, Ordering::Relaxed);
+        Overflow::QueueTimeout
+    }
+
+    /// Requests waiting for a connection now.
+    pub fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Upstream connections open now (HTTP/1.1; an HTTP/2 endpoint uses one connection).
+    pub fn connections(&self) -> u32 {
+        let free = u32::try_from(self.connections.available_permits()).unwrap_or(u32::MAX);
+        self.max_connections.saturating_sub(free)
     }
 
     /// A slot for one request to the cluster, held until its response ends.

@@ -28,6 +28,8 @@ struct Idle {
 #[derive(Debug)]
 pub struct Pool {
     idle: Mutex<VecDeque<Idle>>,
+    /// Signalled at every check-in, for requests waiting for a connection (`limits`).
+    pub returned: tokio::sync::Notify,
     h2: Mutex<Option<H2Sender>>,
     max_idle: usize,
     idle_timeout: Duration,
@@ -37,6 +39,7 @@ impl Pool {
     pub fn new(max_idle: usize, idle_timeout: Duration) -> Self {
         Self {
             idle: Mutex::new(VecDeque::new()),
+            returned: tokio::sync::Notify::new(),
             h2: Mutex::new(None),
             max_idle,
             idle_timeout,
@@ -80,6 +83,8 @@ impl Pool {
             idle.pop_front();
         }
         idle.push_back(Idle { conn, since: now });
+        drop(idle);
+        self.returned.notify_one();
     }
 
     pub fn idle_count(&self) -> usize {

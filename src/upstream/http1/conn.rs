@@ -21,7 +21,7 @@ use super::{
     request::{Outgoing, OutgoingError},
     stream::Stream,
 };
-use crate::body::BodyError;
+use crate::{body::BodyError, upstream::limits::ConnSlot};
 
 /// Most header fields accepted in an upstream response head (hyper's client default).
 pub const MAX_HEADERS: usize = 100;
@@ -35,6 +35,8 @@ pub struct Conn {
     pub(super) rbuf: BytesMut,
     /// The encoded request head; kept with the connection so its allocation is reused.
     pub wbuf: Vec<u8>,
+    /// The cluster's (and endpoint's) connection slot, given back when the connection closes.
+    pub slot: Option<ConnSlot>,
 }
 
 impl fmt::Debug for Conn {
@@ -49,6 +51,7 @@ impl Conn {
             stream,
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
+            slot: None,
         }
     }
 
