@@ -352,7 +352,7 @@ async fn proxy(
         if policy.attempts > 1 && fits {
             Payload::Replay(Replay::new(body, policy.replay_buffer_bytes))
         } else {
-            Payload::Stream(Some(body))
+            Payload::Stream(Some(Box::new(body)))
         }
     };
 
@@ -483,7 +483,7 @@ async fn proxy(
         if let Err(f) = result
             && let Some(body) = f.body
         {
-            payload = Payload::Stream(Some(body));
+            payload = Payload::Stream(Some(Box::new(body)));
         }
         wait_if_same = retry_after.map(|d| (idx, d));
         drop(in_flight);
@@ -544,7 +544,8 @@ async fn proxy(
 enum Payload {
     Empty,
     Replay(Replay),
-    Stream(Option<ProxyBody>),
+    /// Boxed: rare (a body too large to replay, or retries off) and large.
+    Stream(Option<Box<ProxyBody>>),
 }
 
 impl Payload {
@@ -552,7 +553,7 @@ impl Payload {
         match self {
             Self::Empty => ProxyBody::empty(),
             Self::Replay(r) => ProxyBody::boxed(r.reader()),
-            Self::Stream(s) => s.take().unwrap_or_else(ProxyBody::empty),
+            Self::Stream(s) => s.take().map_or_else(ProxyBody::empty, |b| *b),
         }
     }
 

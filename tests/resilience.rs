@@ -181,23 +181,23 @@ async fn load(url: &str, tasks: usize, per_task: usize) -> Load {
     l
 }
 
-/// A route `all` to a cluster `up` of three chaos upstreams, with outlier detection tuned to
+/// A route `all` to a cluster `name` of three chaos upstreams, with outlier detection tuned to
 /// judge every 100 ms and to keep an ejected endpoint out for the rest of the test.
-async fn three_way(ups: &[&ChaosUpstream], route_extra: &str) -> Proxy {
+async fn three_way(name: &str, ups: &[&ChaosUpstream], route_extra: &str) -> Proxy {
     Proxy::start(&format!(
         r#"
 [[routes]]
 name = "all"
-cluster = "up"
+cluster = "{name}"
 timeout = "3s"
 {route_extra}
 [routes.match]
 path_prefix = "/"
 
-[clusters.up]
+[clusters.{name}]
 endpoints = {}
 connect_timeout = "200ms"
-[clusters.up.outlier_detection]
+[clusters.{name}.outlier_detection]
 interval = "100ms"
 window = "2s"
 failure_rate_min_requests = 10
@@ -209,21 +209,48 @@ max_ejection_time = "20s"
     .await
 }
 
-/// The acceptance run shared by the "one upstream fails" tests: three upstreams, `fault` on the
-/// third (`c`), 12 clients × 25 GETs. Returns the load, the proxy and the upstreams (dropping an
-/// upstream stops it, so the caller keeps them).
-async fn one_of_three_fails(fault: Fault, route_extra: &str) -> (Load, Proxy, [ChaosUpstream; 3]) {
+/// The acceptance run shared by the "one upstream fails" tests: three upstreams in cluster `name`,
+/// `fault` on the third (`c`), 12 clients × 25 GETs. Returns the load, the proxy and the upstreams
+/// (dropping an upstream stops it, so the caller keeps them).
+async fn one_of_three_fails(
+    name: &str,
+    fault: Fault,
+    route_extra: &str,
+) -> (Load, Proxy, [ChaosUpstream; 3]) {
     let ups = [chaos("a").await, chaos("b").await, chaos("c").await];
     set(&ups[2], fault).await;
-    let proxy = three_way(&[&ups[0], &ups[1], &ups[2]], route_extra).await;
+    let proxy = three_way(name, &[&ups[0], &ups[1], &ups[2]], route_extra).await;
     let l = load(&proxy.url("/"), 12, 25).await;
     (l, proxy, ups)
 }
 
-async fn assert_taken_out(proxy: &Proxy, c: &ChaosUpstream) {
+/// No client saw an error; otherwise the failure shows the cluster's retry counters.
+async fn assert_no_errors(proxy: &Proxy, cluster: &str, l: &Load) {
+    if l.errors.is_empty() {
+        return;
+    }
+    let mut retries = Vec::new();
+    for outcome in ["attempted", "succeeded", "budget_exhausted"] {
+        let n = metric(
+            proxy,
+            "palisade_retries_total",
+            &[("cluster", cluster), ("outcome", outcome)],
+        )
+        .await;
+        retries.push(format!("{outcome}={n}"));
+    }
+    panic!(
+        "{} client errors ({}): {:?}",
+        l.errors.len(),
+        retries.join(" "),
+        l.errors
+    );
+}
+
+async fn assert_taken_out(proxy: &Proxy, cluster: &str, c: &ChaosUpstream) {
     wait_state(
         proxy,
-        "up",
+        cluster,
         c.addr(),
         Duration::from_secs(3),
         "ejected or unhealthy",
