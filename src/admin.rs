@@ -66,14 +66,10 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
             return text(StatusCode::UNAUTHORIZED, "admin token required\n");
         }
     }
-    if req.method() == Method::POST {
-        return match req.uri().path().strip_prefix("/clusters/") {
-            Some(rest) => set_endpoint_mode(shared, rest),
-            None => text(
-                StatusCode::NOT_FOUND,
-                "POST only to /clusters/NAME/endpoints/ID/{drain,down,auto}\n",
-            ),
-        };
+    if req.method() == Method::POST
+        && let Some(rest) = req.uri().path().strip_prefix("/clusters/")
+    {
+        return set_endpoint_mode(shared, rest);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
@@ -158,6 +154,11 @@ fn set_endpoint_mode(shared: &Shared, rest: &str) -> Response<Full<Bytes>> {
     }
     for e in &matched {
         e.health.set_admin(mode);
+        if mode == AdminMode::Down {
+            // Down: nothing more will be sent, so its idle connections go now (drain lets the
+            // requests in flight finish and keeps nothing else either way).
+            e.pool.clear();
+        }
         tracing::warn!(cluster = %c.name, endpoint = %e.id, mode = mode.as_str(), "endpoint mode set through the admin API");
     }
     c.replan();
@@ -224,7 +225,7 @@ fn cluster_json(c: &Cluster, now: Instant) -> serde_json::Value {
                 .map(|since| {
                     json!({
                         "progress": c.health.slow_start.factor(since, now),
-                        "effective_weight": e.effective_weight(),
+                        "effective_weight": f64::from(e.effective_weight()) / f64::from(crate::upstream::cluster::WEIGHT_SCALE),
                     })
                 });
             json!({

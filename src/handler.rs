@@ -29,17 +29,16 @@ use crate::{
         hop_by_hop::{strip_hop_by_hop, upgrade_protocol},
         request_id::ensure_request_id,
     },
-    health::outlier::Outcome,
     route::router::{LastResort, RouteRequest},
     server::listener::ConnInfo,
     snapshot::{Shared, Snapshot},
     upgrade,
     upstream::{
-        cluster::{Cluster, Endpoint, HashKey, fnv1a},
-        forward::{self, UpstreamBody},
+        attempt::{self, Payload},
+        cluster::{Cluster, HashKey, fnv1a},
+        forward::UpstreamBody,
         limits::Permit,
         replay::Replay,
-        retry::{self, Failure},
         stats::InFlight,
     },
 };
@@ -356,145 +355,44 @@ async fn proxy(
         }
     };
 
-    // 4. Pick an endpoint and forward; retry what the policy allows, never on the same endpoint
-    //    while another is available.
+    // 4. Pick an endpoint and forward; retry or hedge what the policy allows.
     let request_permit = cluster
         .limits
         .admit_request()
         .map_err(|o| o.error(&cluster.name))?;
     // One clock read serves the route's deadline, the pool's idle check and the upstream's
     // latency (the microseconds spent building the request count towards none of them).
-    let mut sent_at = Instant::now();
-    let routed = tokio::time::Instant::from_std(sent_at);
-    let route_deadline = routed + route.timeout;
-    let mut tried = [0usize; 10];
-    let mut n_tried = 0;
-    let mut attempt = 1u32;
-    let mut retry_permit = None;
-    let mut wait_if_same: Option<(usize, std::time::Duration)> = None;
-    let (sent, in_flight) = loop {
-        let members = cluster.members();
-        let idx = cluster
-            .pick(&members, hash, &tried[..n_tried], sent_at)
-            // Only the endpoints already tried are left: one of them again beats giving up.
-            .or_else(|| {
-                (n_tried > 0)
-                    .then(|| cluster.pick(&members, hash, &[], sent_at))
-                    .flatten()
-            })
-            .ok_or(ProxyError::NoHealthyUpstream)?;
-        let endpoint = Arc::clone(members.endpoints.get(idx).ok_or(ProxyError::Internal)?);
-        if let Some((prev, wait)) = wait_if_same.take()
-            && prev == idx
-        {
-            // The same endpoint asked to be left alone for a while (`Retry-After`).
-            tokio::time::sleep(wait).await;
-            sent_at = Instant::now();
-        }
-        if n_tried < tried.len() {
-            tried[n_tried] = idx;
-            n_tried += 1;
-        }
-        if let Some(e) = pending.0.as_mut().and_then(|r| r.entry.as_mut()) {
-            e.upstream = Some(endpoint.id.to_string());
-            e.attempts = attempt;
-        }
-        let in_flight = endpoint.stats.start();
-        let try_start = tokio::time::Instant::from_std(sent_at);
-        let limit = match (cluster.response_header_timeout, policy.per_try_timeout) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let header_deadline = limit.map_or(route_deadline, |t| route_deadline.min(try_start + t));
-        let body = payload.for_attempt();
-        let result =
-            forward::send(cluster, &endpoint, &parts, body, header_deadline, sent_at).await;
-        let answered = Instant::now();
-        let rtt = answered - sent_at;
-        if let Some(r) = pending.0.as_mut() {
-            r.upstream_secs = Some(rtt.as_secs_f64());
-        }
-        let done = match &result {
-            Ok(sent) => {
-                let status = sent.response.status();
-                observe(cluster, &endpoint, outcome_of(status), rtt, answered);
-                endpoint.metrics.record(status.as_u16(), rtt.as_secs_f64());
-                !policy.retries_status(status)
-            }
-            Err(f) => {
-                // Only the upstream's own failures count against it (a client that sent a bad
-                // body or went away says nothing about the endpoint).
-                if f.error.side() == Side::Upstream {
-                    observe(cluster, &endpoint, Outcome::LocalFailure, rtt, answered);
-                    endpoint
-                        .metrics
-                        .record(f.error.status().as_u16(), rtt.as_secs_f64());
-                    crate::metrics::upstream_failure(&cluster.name, f.error.flag());
-                }
-                false
-            }
-        };
-        if done {
-            if attempt > 1 {
-                crate::metrics::retry(&cluster.name, "retry", "succeeded");
-            }
-            match result {
-                Ok(sent) => break (sent, in_flight),
-                Err(f) => return Err(f.error),
-            }
-        }
-        let failure = match &result {
-            Ok(sent) => Failure::Status(sent.response.status()),
-            Err(f) => Failure::Error(&f.error),
-        };
-        // Another attempt? Only if the policy allows it for this failure and method, the body
-        // can be sent again, time is left, and the budget has room.
-        let retry_after = match &result {
-            Ok(sent) => retry::retry_after(sent.response.headers()),
-            Err(_) => None,
-        };
-        let backoff = RNG.with(|r| policy.backoff(attempt, &mut r.borrow_mut()));
-        let returned_body = matches!(&result, Err(f) if f.body.is_some());
-        let again = attempt < policy.attempts
-            && policy.wants(failure, idempotent)
-            && (payload.replayable() || returned_body)
-            && retry_after.is_none_or(|d| d <= policy.max_retry_after)
-            && tokio::time::Instant::now() + backoff < route_deadline;
-        let permit = if again {
-            match cluster.limits.admit_retry() {
-                Ok(p) => Some(p),
-                Err(o) => {
-                    crate::metrics::retry(&cluster.name, "retry", "budget_exhausted");
-                    tracing::debug!(cluster = %cluster.name, limit = o.as_str(), "retry not made: over budget");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let Some(permit) = permit else {
-            match result {
-                Ok(sent) => break (sent, in_flight),
-                Err(f) => return Err(f.error),
-            }
-        };
-        crate::metrics::retry(&cluster.name, "retry", "attempted");
-        retry_permit = Some(permit);
-        if let Err(f) = result
-            && let Some(body) = f.body
-        {
-            payload = Payload::Stream(Some(Box::new(body)));
-        }
-        wait_if_same = retry_after.map(|d| (idx, d));
-        drop(in_flight);
-        tokio::time::sleep(backoff).await;
-        sent_at = Instant::now();
-        attempt += 1;
+    let sent_at = Instant::now();
+    let plan = attempt::Plan {
+        cluster,
+        parts: &parts,
+        hash,
+        policy,
+        hedge: route.hedge.as_ref(),
+        idempotent,
+        deadline: tokio::time::Instant::from_std(sent_at) + route.timeout,
     };
+    let answer = attempt::run(&plan, &mut payload, sent_at, |ep, n| {
+        if let Some(e) = pending.0.as_mut().and_then(|r| r.entry.as_mut()) {
+            e.upstream = Some(ep.id.to_string());
+            e.attempts = n;
+        }
+    })
+    .await?;
+    if let Some(r) = pending.0.as_mut() {
+        r.upstream_secs = Some(answer.upstream_time.as_secs_f64());
+        if let Some(e) = r.entry.as_mut() {
+            e.attempts = answer.attempts;
+            if e.upstream.as_deref() != Some(&*answer.endpoint.id) {
+                e.upstream = Some(answer.endpoint.id.to_string());
+            }
+        }
+    }
+    let sent = answer.sent;
     let hold = Hold {
-        _in_flight: Some(in_flight),
+        _in_flight: Some(answer.in_flight),
         _request: Some(request_permit),
-        _retry: retry_permit,
+        _retry: answer.retry,
     };
     let response = sent.response;
     let status = response.status();
@@ -538,35 +436,6 @@ async fn proxy(
     Ok((Response::from_parts(parts, body), hold))
 }
 
-/// The request body across attempts: nothing, a body every attempt can read from the start (see
-/// `upstream::replay`), or the client's stream, which only one attempt can read (unless it comes
-/// back unsent).
-enum Payload {
-    Empty,
-    Replay(Replay),
-    /// Boxed: rare (a body too large to replay, or retries off) and large.
-    Stream(Option<Box<ProxyBody>>),
-}
-
-impl Payload {
-    fn for_attempt(&mut self) -> ProxyBody {
-        match self {
-            Self::Empty => ProxyBody::empty(),
-            Self::Replay(r) => ProxyBody::boxed(r.reader()),
-            Self::Stream(s) => s.take().map_or_else(ProxyBody::empty, |b| *b),
-        }
-    }
-
-    /// Whether another attempt could send the body again.
-    fn replayable(&self) -> bool {
-        match self {
-            Self::Empty => true,
-            Self::Replay(r) => r.replayable(),
-            Self::Stream(_) => false,
-        }
-    }
-}
-
 /// The cluster that serves: `first`, or the first cluster down its `fallback` chain that has an
 /// endpoint able to take traffic. `None` when none has (validation refuses loops; the bound is a
 /// second guard).
@@ -584,36 +453,6 @@ fn serving<'a>(snapshot: &'a Snapshot, first: &'a Arc<Cluster>) -> Option<&'a Ar
     None
 }
 
-/// What an attempt's outcome says about the endpoint.
-fn outcome_of(status: StatusCode) -> Outcome {
-    match status.as_u16() {
-        502..=504 => Outcome::GatewayError,
-        500..=599 => Outcome::ServerError,
-        _ => Outcome::Success,
-    }
-}
-
-/// Records one attempt's outcome in the endpoint's stats (latency, for the balancer) and outlier
-/// record (for ejection); wakes the health task when a threshold was just crossed.
-fn observe(
-    cluster: &Cluster,
-    ep: &Endpoint,
-    outcome: Outcome,
-    rtt: std::time::Duration,
-    now: Instant,
-) {
-    if outcome == Outcome::Success {
-        ep.stats.record_success(rtt, now);
-    } else {
-        ep.stats.record_failure(rtt, now);
-    }
-    if let Some(cfg) = &cluster.health.outlier
-        && ep.health.record(cfg, outcome, rtt, now)
-    {
-        cluster.wake.notify_one();
-    }
-}
-
 fn last_resort_response(
     l: &LastResort,
     request_id: &HeaderValue,
@@ -626,11 +465,6 @@ fn last_resort_response(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(id_header.clone(), request_id.clone());
     rsp
-}
-
-thread_local! {
-    /// Backoff jitter.
-    static RNG: std::cell::RefCell<fastrand::Rng> = std::cell::RefCell::new(fastrand::Rng::new());
 }
 
 /// Origin-form for HTTP/1.1 upstreams; absolute (scheme + authority) for HTTP/2, which needs them.

@@ -164,12 +164,12 @@ pub async fn compile(
             tls,
             endpoints,
         ));
-        if cluster.health.needs_monitor() {
-            tokio::spawn(crate::health::monitor::run(
-                Arc::clone(&cluster),
-                stop.child_token(),
-            ));
-        }
+        // Every cluster has one: besides health, it ramps slow start and ages the latency
+        // histogram that hedging reads.
+        tokio::spawn(crate::health::monitor::run(
+            Arc::clone(&cluster),
+            stop.child_token(),
+        ));
         if dns::has_names(&cluster) {
             tokio::spawn(dns::refresh_loop(
                 Arc::clone(&cluster),

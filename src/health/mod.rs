@@ -70,9 +70,4 @@ impl Settings {
             },
         }
     }
-
-    /// Whether the cluster needs its health task at all.
-    pub fn needs_monitor(&self) -> bool {
-        self.probe.is_some() || self.outlier.is_some()
-    }
 }

@@ -22,10 +22,15 @@ use super::{
     outlier::{self, Event},
     probe,
 };
-use crate::{metrics, upstream::cluster::Cluster, upstream::cluster::Endpoint};
+use crate::{
+    metrics,
+    upstream::cluster::{Cluster, Endpoint, WEIGHT_SCALE},
+};
 
 /// How often slow-start weights are refreshed while a ramp is in progress.
 const RAMP_STEP: Duration = Duration::from_millis(250);
+/// How often the cluster's latency histogram halves (a hedge's quantile follows the last ~10 s).
+const LATENCY_DECAY: Duration = Duration::from_secs(5);
 
 /// Runs until `stop`.
 pub async fn run(cluster: Arc<Cluster>, stop: CancellationToken) {
@@ -59,6 +64,8 @@ struct Monitor {
     seen_requests: HashMap<Arc<str>, u64>,
     next_judge: Instant,
     judge_now: bool,
+    /// When the cluster's latency histogram next fades.
+    next_decay: Instant,
 }
 
 impl Monitor {
@@ -77,6 +84,7 @@ impl Monitor {
             seen_requests: HashMap::new(),
             next_judge: now + interval,
             judge_now: false,
+            next_decay: now + LATENCY_DECAY,
         }
     }
 
@@ -172,6 +180,10 @@ impl Monitor {
     /// changed; returns when to wake next.
     fn tick(&mut self, now: Instant) -> Instant {
         let members = self.cluster.members();
+        if now >= self.next_decay {
+            self.cluster.latency.decay();
+            self.next_decay = now + LATENCY_DECAY;
+        }
         if let Some(cfg) = &self.cluster.health.outlier
             && (self.judge_now || now >= self.next_judge)
         {
@@ -203,12 +215,13 @@ impl Monitor {
                 // An endpoint coming back ramps up; one present from the start does not.
                 v.ramp_from = admits.then_some(now);
             }
+            let full = ep.weight.max(1).saturating_mul(WEIGHT_SCALE);
             let weight = match v.ramp_from {
                 Some(since) if slow.ramping(since, now) => {
                     ramping = true;
-                    slow.weight(ep.weight, since, now)
+                    slow.weight(full, since, now)
                 }
-                _ => ep.weight,
+                _ => full,
             };
             if weight != ep.effective_weight() {
                 ep.set_effective_weight(weight);
@@ -220,9 +233,9 @@ impl Monitor {
             self.cluster.replan();
         }
 
-        let mut wake = self.next_judge.min(now + Duration::from_secs(5));
+        let mut wake = self.next_judge.min(self.next_decay);
         if self.cluster.health.outlier.is_none() {
-            wake = now + Duration::from_secs(5);
+            wake = self.next_decay;
         }
         if ramping {
             wake = wake.min(now + RAMP_STEP);

@@ -27,7 +27,7 @@ use http::{HeaderMap, HeaderName, Method};
 use crate::{
     config::{HeaderMatch, RouteConfig},
     route::rewrite::Rewrite,
-    upstream::retry::RetryPolicy,
+    upstream::retry::{Hedge, RetryPolicy},
 };
 
 /// What a route is matched on, borrowed from the request (the caller extracts these once).
@@ -53,6 +53,7 @@ pub struct Route {
     pub timeout: Duration,
     pub rewrite: Rewrite,
     pub retry: RetryPolicy,
+    pub hedge: Option<Hedge>,
     /// The answer when nothing can serve, instead of a bare 503.
     pub last_resort: Option<LastResort>,
 }
@@ -155,6 +156,7 @@ impl Router {
                 timeout: config.timeout.get(),
                 rewrite: Rewrite::compile(config).map_err(context)?,
                 retry: RetryPolicy::from_config(&config.retry),
+                hedge: config.hedge.as_ref().and_then(Hedge::from_config),
                 last_resort: config
                     .last_resort
                     .as_ref()

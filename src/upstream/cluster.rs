@@ -21,6 +21,7 @@ use tokio::sync::Notify;
 
 use super::{
     balancer::{BalanceKind, Balancer, Candidate, PickContext},
+    latency::LatencyHistogram,
     limits::Limits,
     pool::Pool,
     priority::{self, MemberView, Plan, PlanConfig},
@@ -33,6 +34,10 @@ use crate::{
         endpoint::{AdminMode, EndpointHealth},
     },
 };
+
+/// Balancers see weights in hundredths, so that slow start can ramp even a weight-1 endpoint
+/// smoothly (integer weights could only jump from 1 to 1).
+pub const WEIGHT_SCALE: u32 = 100;
 
 /// What the config says about one endpoint, kept so DNS refresh can re-create its endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +108,7 @@ impl Endpoint {
             weight: spec.weight,
             priority: spec.priority,
             zone: spec.zone.clone(),
-            effective_weight: AtomicU32::new(spec.weight.max(1)),
+            effective_weight: AtomicU32::new(spec.weight.max(1).saturating_mul(WEIGHT_SCALE)),
             connection_slots: (spec.max_connections > 0)
                 .then(|| Arc::new(tokio::sync::Semaphore::new(spec.max_connections as usize))),
             max_connections: spec.max_connections,
@@ -123,7 +128,7 @@ impl Endpoint {
             && self.max_connections == spec.max_connections
     }
 
-    /// The weight balancers use now (slow start lowers it for a while).
+    /// The weight balancers use now, in hundredths (slow start lowers it for a while).
     pub fn effective_weight(&self) -> u32 {
         self.effective_weight.load(Ordering::Relaxed)
     }
@@ -145,6 +150,24 @@ impl Candidate for Arc<Endpoint> {
     }
     fn identity_hash(&self) -> u64 {
         self.identity_hash
+    }
+}
+
+/// An endpoint as the hash ring sees it: its configured weight.
+struct ConfigWeight<'a>(&'a Arc<Endpoint>);
+
+impl Candidate for ConfigWeight<'_> {
+    fn weight(&self) -> u32 {
+        self.0.weight
+    }
+    fn in_flight(&self) -> u32 {
+        self.0.in_flight()
+    }
+    fn load_cost(&self, now: Instant) -> f64 {
+        self.0.load_cost(now)
+    }
+    fn identity_hash(&self) -> u64 {
+        self.0.identity_hash
     }
 }
 
@@ -254,6 +277,8 @@ pub struct Cluster {
     pub limits: Limits,
     /// Wakes the health task (an endpoint just crossed a failure threshold, or the operator acted).
     pub wake: Notify,
+    /// Recent response-head latencies (a hedge's `p95`).
+    pub latency: LatencyHistogram,
     /// Whether the last plan was in panic mode (so the change is logged once, not per rebuild).
     panic: AtomicBool,
     members: ArcSwap<Members>,
@@ -283,6 +308,13 @@ impl Cluster {
             local_zone.as_deref(),
             endpoints,
         );
+        // The gauges exist from the start, not from the first change.
+        crate::metrics::cluster_plan(
+            name,
+            members.plan.panic,
+            members.plan.healthy_percent(),
+            members.routable(),
+        );
         Self {
             name: name.into(),
             protocol: cfg.protocol,
@@ -306,6 +338,7 @@ impl Cluster {
             fallback: cfg.fallback.as_deref().map(Arc::from),
             limits: Limits::new(&cfg.limits, &cfg.retry_budget),
             wake: Notify::new(),
+            latency: LatencyHistogram::default(),
             panic: AtomicBool::new(members.plan.panic),
             members: ArcSwap::from_pointee(members),
         }
@@ -439,8 +472,16 @@ fn build_members(
                 .iter()
                 .filter_map(|&i| endpoints.get(i).cloned())
                 .collect();
+            let balancer = if kind == BalanceKind::Hash {
+                // The ring is built from configured weights: slow start does not apply to
+                // consistent hashing (as in Envoy), and hundredths would only bloat the ring.
+                let by_config: Vec<ConfigWeight<'_>> = members.iter().map(ConfigWeight).collect();
+                Balancer::new(kind, &by_config, hash_balance_factor)
+            } else {
+                Balancer::new(kind, &members, hash_balance_factor)
+            };
             GroupBalancer {
-                balancer: Balancer::new(kind, &members, hash_balance_factor),
+                balancer,
                 endpoints: members,
                 global: g.members.clone(),
             }

@@ -64,7 +64,8 @@ pub async fn send(
     // into place, and these futures are the largest on the request path.
     let sent = match cluster.protocol {
         UpstreamProtocol::Http1 => {
-            tokio::time::timeout_at(deadline, send_h1(cluster, ep, parts, body, now)).await
+            tokio::time::timeout_at(deadline, send_h1(cluster, ep, parts, body, deadline, now))
+                .await
         }
         // Boxed, like every path a pooled HTTP/1 request does not take.
         UpstreamProtocol::H2 => {
@@ -79,13 +80,14 @@ async fn send_h1(
     ep: &Arc<Endpoint>,
     parts: &Parts,
     body: ProxyBody,
+    deadline: Instant,
     now: StdInstant,
 ) -> Result<Sent, Failed> {
     let head_request = parts.method == Method::HEAD;
     let replayable = parts.method.is_idempotent() && body.is_known_empty();
     let (mut conn, pooled) = match ep.pool.checkout(now) {
         Some(c) => (c, true),
-        None => match Box::pin(open_h1(cluster, ep)).await {
+        None => match Box::pin(open_h1(cluster, ep, deadline)).await {
             Ok(c) => c,
             // Nothing was sent: the body goes back for another attempt.
             Err(error) => {
@@ -112,7 +114,7 @@ async fn send_h1(
     }
     let head = std::mem::take(&mut conn.wbuf);
     drop(conn);
-    let (mut conn, _) = Box::pin(open_h1(cluster, ep)).await?;
+    let (mut conn, _) = Box::pin(open_h1(cluster, ep, deadline)).await?;
     conn.wbuf = head;
     let mut sent_all = true;
     match http1::exchange(&mut conn, head_request, &mut outgoing, &mut sent_all).await {
@@ -124,15 +126,28 @@ async fn send_h1(
 /// A connection for a request that found none idle in the pool: a new one within the cluster's
 /// and endpoint's connection caps, or, when the caps are reached, whichever comes first of a
 /// freed slot and a connection checked back in, waiting as one of at most `max_pending` for up
-/// to `queue_timeout` (then 503). Returns whether the connection came from the pool.
-async fn open_h1(cluster: &Cluster, ep: &Arc<Endpoint>) -> Result<(Conn, bool), ProxyError> {
+/// to `queue_timeout` (then 503), and never past the attempt's own `deadline`: the wait is ours,
+/// not the endpoint's, so it must end as our 503 rather than as the endpoint's timeout. Returns
+/// whether the connection came from the pool.
+async fn open_h1(
+    cluster: &Cluster,
+    ep: &Arc<Endpoint>,
+    deadline: Instant,
+) -> Result<(Conn, bool), ProxyError> {
     let limits = &cluster.limits;
     let slots = ep.connection_slots.as_ref();
-    let slot = match limits.try_connection(slots) {
+    let mut slot = limits.try_connection(slots);
+    if slot.is_none()
+        && limits.connections() >= limits.max_connections
+        && evict_idle_elsewhere(cluster, ep)
+    {
+        slot = limits.try_connection(slots);
+    }
+    let slot = match slot {
         Some(s) => s,
         None => {
             let _waiting = limits.wait().map_err(|o| o.error(&cluster.name))?;
-            let deadline = Instant::now() + limits.queue_timeout;
+            let deadline = deadline.min(Instant::now() + limits.queue_timeout);
             loop {
                 tokio::select! {
                     s = limits.connection(slots) => break s.ok_or(ProxyError::Internal)?,
@@ -155,6 +170,17 @@ async fn open_h1(cluster: &Cluster, ep: &Arc<Endpoint>) -> Result<(Conn, bool), 
         }
         Fresh::H2(_) => Err(ProxyError::Internal),
     }
+}
+
+/// Under the cluster's cap, idle connections to other endpoints should not starve this one:
+/// closes the oldest idle connection of another endpoint, if any.
+fn evict_idle_elsewhere(cluster: &Cluster, ep: &Arc<Endpoint>) -> bool {
+    cluster
+        .members()
+        .endpoints
+        .iter()
+        .filter(|e| !Arc::ptr_eq(e, ep))
+        .any(|e| e.pool.evict_oldest())
 }
 
 /// The response head and a body that reads the rest from `conn` (and returns it to `ep`'s pool).

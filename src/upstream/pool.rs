@@ -87,6 +87,24 @@ impl Pool {
         self.returned.notify_one();
     }
 
+    /// Closes every idle connection.
+    pub fn clear(&self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(idle);
+        *self.h2.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Closes the oldest idle HTTP/1 connection, if any (to free its slot under a connection
+    /// cap for another endpoint's request). True if one was closed.
+    pub fn evict_oldest(&self) -> bool {
+        let oldest = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
+        oldest.is_some()
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle
             .lock()

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use http::{HeaderMap, StatusCode, header};
 
+use super::latency::LatencyHistogram;
 use crate::{
-    config::{RetryConfig, RetryOn},
+    config::{HedgeConfig, HedgeDelay, RetryConfig, RetryOn},
     error::ProxyError,
 };
 
@@ -95,6 +96,35 @@ impl RetryPolicy {
             return Duration::ZERO;
         }
         Duration::from_nanos(rng.u64(0..=nanos))
+    }
+}
+
+/// A route's hedging, compiled.
+#[derive(Debug, Clone, Copy)]
+pub struct Hedge {
+    pub delay: HedgeDelay,
+    pub min_delay: Duration,
+}
+
+/// Samples a quantile needs before hedging trusts it.
+const MIN_HEDGE_SAMPLES: u64 = 20;
+
+impl Hedge {
+    pub fn from_config(c: &HedgeConfig) -> Option<Self> {
+        Some(Self {
+            delay: c.parse_delay().ok()?,
+            min_delay: c.min_delay.get(),
+        })
+    }
+
+    /// How long the first attempt may go unanswered before the hedge; `None` (no hedge) while
+    /// the cluster has too few latencies for a quantile.
+    pub fn delay(&self, latency: &LatencyHistogram) -> Option<Duration> {
+        let d = match self.delay {
+            HedgeDelay::Fixed(d) => d,
+            HedgeDelay::Quantile(q) => latency.quantile(q, MIN_HEDGE_SAMPLES)?,
+        };
+        Some(d.max(self.min_delay))
     }
 }
 

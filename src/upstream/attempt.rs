@@ -1,0 +1,386 @@
+//! The attempts of one request: pick an endpoint → send → record the outcome → retry or hedge.
+//!
+//! This is where the policies meet: the plan and balancers choose (never an endpoint this request
+//! already tried while another is available), `forward` sends, each finished attempt feeds the
+//! endpoint's stats and outlier record, `retry` judges a failure, `limits` admits a retry or a
+//! hedge within the budget. Building the request and shaping the response are the handler's.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use http::{StatusCode, request::Parts};
+
+use super::{
+    cluster::{Cluster, Endpoint},
+    forward::{self, Failed, Sent},
+    limits::Permit,
+    replay::Replay,
+    retry::{self, Failure, Hedge, RetryPolicy},
+    stats::InFlight,
+};
+use crate::{
+    body::ProxyBody,
+    error::{ProxyError, Side},
+    health::outlier::Outcome,
+};
+
+/// The request body across attempts: nothing, a body every attempt can read from the start (see
+/// `replay`), or the client's stream, which only one attempt can read (unless it comes back
+/// unsent).
+pub enum Payload {
+    Empty,
+    Replay(Replay),
+    /// Boxed: rare (a body too large to replay, or retries off) and large.
+    Stream(Option<Box<ProxyBody>>),
+}
+
+impl Payload {
+    fn for_attempt(&mut self) -> ProxyBody {
+        match self {
+            Self::Empty => ProxyBody::empty(),
+            Self::Replay(r) => ProxyBody::boxed(r.reader()),
+            Self::Stream(s) => s.take().map_or_else(ProxyBody::empty, |b| *b),
+        }
+    }
+
+    /// Whether another attempt could send the body again.
+    fn replayable(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Replay(r) => r.replayable(),
+            Self::Stream(_) => false,
+        }
+    }
+}
+
+/// What the attempts need to know about the request.
+pub struct Plan<'a> {
+    pub cluster: &'a Cluster,
+    pub parts: &'a Parts,
+    pub hash: Option<u64>,
+    pub policy: &'a RetryPolicy,
+    pub hedge: Option<&'a Hedge>,
+    pub idempotent: bool,
+    /// The route's deadline: all attempts together must have a response head by then.
+    pub deadline: tokio::time::Instant,
+}
+
+/// The attempt whose response goes to the client.
+pub struct Answer {
+    pub sent: Sent,
+    /// The endpoint that answered (a hedge's may differ from the last one `on_attempt` heard of).
+    pub endpoint: Arc<Endpoint>,
+    /// The endpoint's in-flight count, held until the response ends.
+    pub in_flight: InFlight,
+    /// The retry or hedge slot, when one was used, held as long.
+    pub retry: Option<Permit>,
+    /// How long the winning attempt took to its response head.
+    pub upstream_time: Duration,
+    /// Attempts made, hedges included.
+    pub attempts: u32,
+}
+
+/// One finished attempt.
+struct Tried {
+    result: Result<Sent, Failed>,
+    endpoint: Arc<Endpoint>,
+    idx: usize,
+    in_flight: InFlight,
+    rtt: Duration,
+}
+
+/// Runs attempts until one answers well, or no further attempt is allowed. `sent_at` is the
+/// caller's clock reading for the first; `on_attempt` hears of each endpoint tried (for the
+/// access log, which must name the upstream even if the client leaves mid-attempt).
+pub async fn run(
+    plan: &Plan<'_>,
+    payload: &mut Payload,
+    mut sent_at: Instant,
+    mut on_attempt: impl FnMut(&Endpoint, u32),
+) -> Result<Answer, ProxyError> {
+    let (cluster, policy) = (plan.cluster, plan.policy);
+    let mut tried = [0usize; 10];
+    let mut n_tried = 0;
+    let mut attempt = 1u32;
+    let mut retry_permit = None;
+    let mut wait_if_same: Option<(usize, Duration)> = None;
+    loop {
+        let (idx, endpoint) = pick(cluster, plan.hash, &tried[..n_tried], sent_at)?;
+        if let Some((prev, wait)) = wait_if_same.take()
+            && prev == idx
+        {
+            // Only the endpoint that asked to be left alone (`Retry-After`) is left: wait as asked.
+            tokio::time::sleep(wait).await;
+            sent_at = Instant::now();
+        }
+        remember(&mut tried, &mut n_tried, idx);
+        on_attempt(&endpoint, attempt);
+        // Hedging needs a body both attempts can send at once: only bodiless requests qualify.
+        let hedge = plan
+            .hedge
+            .filter(|_| attempt == 1 && plan.idempotent && matches!(payload, Payload::Empty))
+            .and_then(|h| h.delay(&cluster.latency));
+        let done = match hedge {
+            Some(delay) => {
+                let (done, second, permit) =
+                    hedged(plan, (idx, endpoint), delay, sent_at, &tried[..n_tried]).await;
+                if let Some(i) = second {
+                    remember(&mut tried, &mut n_tried, i);
+                    attempt += 1;
+                }
+                if permit.is_some() {
+                    retry_permit = permit;
+                }
+                done
+            }
+            None => one(plan, idx, endpoint, payload.for_attempt(), sent_at).await,
+        };
+
+        if good(policy, &done.result) {
+            if attempt > 1 {
+                crate::metrics::retry(&cluster.name, "retry", "succeeded");
+            }
+            return answer(done, retry_permit, attempt);
+        }
+        // Another attempt? Only if the policy allows it for this failure and method, the body
+        // can be sent again, time is left, and the budget has room.
+        let failure = match &done.result {
+            Ok(sent) => Failure::Status(sent.response.status()),
+            Err(f) => Failure::Error(&f.error),
+        };
+        let retry_after = match &done.result {
+            Ok(sent) => retry::retry_after(sent.response.headers()),
+            Err(_) => None,
+        };
+        let backoff = RNG.with(|r| policy.backoff(attempt, &mut r.borrow_mut()));
+        let returned_body = matches!(&done.result, Err(f) if f.body.is_some());
+        let again = attempt < policy.attempts
+            && policy.wants(failure, plan.idempotent)
+            && (payload.replayable() || returned_body)
+            && retry_after.is_none_or(|d| d <= policy.max_retry_after)
+            // Time for the wait before it (a `Retry-After` counts in case the same endpoint is
+            // all that is left) and something more.
+            && tokio::time::Instant::now() + backoff.max(retry_after.unwrap_or_default())
+                < plan.deadline;
+        let permit = if again {
+            match cluster.limits.admit_retry() {
+                Ok(p) => Some(p),
+                Err(o) => {
+                    crate::metrics::retry(&cluster.name, "retry", "budget_exhausted");
+                    tracing::debug!(cluster = %cluster.name, limit = o.as_str(), "retry not made: over budget");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let Some(permit) = permit else {
+            return answer(done, retry_permit, attempt);
+        };
+        crate::metrics::retry(&cluster.name, "retry", "attempted");
+        retry_permit = Some(permit);
+        wait_if_same = retry_after.map(|d| (done.idx, d));
+        // A one-shot body that came back unsent can go again; a replayable one needs nothing.
+        if let Err(f) = done.result
+            && let Some(body) = f.body
+            && matches!(payload, Payload::Stream(_))
+        {
+            *payload = Payload::Stream(Some(Box::new(body)));
+        }
+        drop(done.in_flight);
+        tokio::time::sleep(backoff).await;
+        sent_at = Instant::now();
+        attempt += 1;
+    }
+}
+
+/// An endpoint not yet tried, or, when only tried ones are left, one of them again (that beats
+/// giving up).
+fn pick(
+    cluster: &Cluster,
+    hash: Option<u64>,
+    tried: &[usize],
+    now: Instant,
+) -> Result<(usize, Arc<Endpoint>), ProxyError> {
+    let members = cluster.members();
+    let idx = cluster
+        .pick(&members, hash, tried, now)
+        .or_else(|| {
+            (!tried.is_empty())
+                .then(|| cluster.pick(&members, hash, &[], now))
+                .flatten()
+        })
+        .ok_or(ProxyError::NoHealthyUpstream)?;
+    let ep = members.endpoints.get(idx).ok_or(ProxyError::Internal)?;
+    Ok((idx, Arc::clone(ep)))
+}
+
+fn remember(tried: &mut [usize; 10], n: &mut usize, idx: usize) {
+    if let Some(slot) = tried.get_mut(*n) {
+        *slot = idx;
+        *n += 1;
+    }
+}
+
+/// A response the client should get as it is.
+fn good(policy: &RetryPolicy, result: &Result<Sent, Failed>) -> bool {
+    matches!(result, Ok(sent) if !policy.retries_status(sent.response.status()))
+}
+
+fn answer(done: Tried, retry: Option<Permit>, attempts: u32) -> Result<Answer, ProxyError> {
+    match done.result {
+        Ok(sent) => Ok(Answer {
+            sent,
+            endpoint: done.endpoint,
+            in_flight: done.in_flight,
+            retry,
+            upstream_time: done.rtt,
+            attempts,
+        }),
+        Err(f) => Err(f.error),
+    }
+}
+
+/// One attempt on `endpoint`, its outcome recorded.
+async fn one(
+    plan: &Plan<'_>,
+    idx: usize,
+    endpoint: Arc<Endpoint>,
+    body: ProxyBody,
+    sent_at: Instant,
+) -> Tried {
+    let in_flight = endpoint.stats.start();
+    let try_start = tokio::time::Instant::from_std(sent_at);
+    let limit = match (
+        plan.cluster.response_header_timeout,
+        plan.policy.per_try_timeout,
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let deadline = limit.map_or(plan.deadline, |t| plan.deadline.min(try_start + t));
+    let result = forward::send(plan.cluster, &endpoint, plan.parts, body, deadline, sent_at).await;
+    let answered = Instant::now();
+    let rtt = answered.saturating_duration_since(sent_at);
+    record(plan.cluster, &endpoint, &result, rtt, answered);
+    Tried {
+        result,
+        endpoint,
+        idx,
+        in_flight,
+        rtt,
+    }
+}
+
+/// The first attempt, and after `delay` without an answer a second one to another endpoint (if
+/// the budget allows); the first good answer wins and the other attempt is cancelled. Returns the
+/// winner (or the last failure), the second endpoint's index if one was tried, and the hedge's
+/// budget slot.
+async fn hedged(
+    plan: &Plan<'_>,
+    (idx, endpoint): (usize, Arc<Endpoint>),
+    delay: Duration,
+    sent_at: Instant,
+    tried: &[usize],
+) -> (Tried, Option<usize>, Option<Permit>) {
+    let cluster = plan.cluster;
+    let first = one(plan, idx, endpoint, ProxyBody::empty(), sent_at);
+    tokio::pin!(first);
+    tokio::select! {
+        done = &mut first => return (done, None, None),
+        () = tokio::time::sleep(delay) => {}
+    }
+    let Ok(permit) = cluster.limits.admit_retry() else {
+        crate::metrics::retry(&cluster.name, "hedge", "budget_exhausted");
+        return (first.await, None, None);
+    };
+    let Ok((idx2, ep2)) = pick(cluster, plan.hash, tried, Instant::now()) else {
+        return (first.await, None, None);
+    };
+    if idx2 == idx {
+        // No other endpoint: a second request to the same one would only add load.
+        return (first.await, None, None);
+    }
+    crate::metrics::retry(&cluster.name, "hedge", "attempted");
+    let second = one(plan, idx2, ep2, ProxyBody::empty(), Instant::now());
+    tokio::pin!(second);
+    let mut failed: Option<Tried> = None;
+    loop {
+        tokio::select! {
+            done = &mut first, if failed.as_ref().is_none_or(|f| f.idx != idx) => {
+                if good(plan.policy, &done.result) {
+                    return (done, Some(idx2), Some(permit));
+                }
+                match failed.take() {
+                    // Both failed: the later failure decides what happens next.
+                    Some(_) => return (done, Some(idx2), Some(permit)),
+                    None => failed = Some(done),
+                }
+            }
+            done = &mut second, if failed.as_ref().is_none_or(|f| f.idx != idx2) => {
+                if good(plan.policy, &done.result) {
+                    crate::metrics::retry(&cluster.name, "hedge", "succeeded");
+                    return (done, Some(idx2), Some(permit));
+                }
+                match failed.take() {
+                    Some(_) => return (done, Some(idx2), Some(permit)),
+                    None => failed = Some(done),
+                }
+            }
+        }
+    }
+}
+
+/// What an attempt's outcome says about the endpoint.
+fn outcome_of(status: StatusCode) -> Outcome {
+    match status.as_u16() {
+        502..=504 => Outcome::GatewayError,
+        500..=599 => Outcome::ServerError,
+        _ => Outcome::Success,
+    }
+}
+
+/// Records one finished attempt: the endpoint's latency (for the balancer), its outlier record
+/// (waking the health task when a threshold was just crossed), metrics, and the cluster's latency
+/// histogram (for hedging). A failure on the client's side says nothing about the endpoint and is
+/// not recorded.
+fn record(
+    cluster: &Cluster,
+    ep: &Endpoint,
+    result: &Result<Sent, Failed>,
+    rtt: Duration,
+    now: Instant,
+) {
+    let outcome = match result {
+        Ok(sent) => {
+            let status = sent.response.status();
+            ep.metrics.record(status.as_u16(), rtt.as_secs_f64());
+            outcome_of(status)
+        }
+        Err(f) if f.error.side() == Side::Upstream => {
+            ep.metrics
+                .record(f.error.status().as_u16(), rtt.as_secs_f64());
+            crate::metrics::upstream_failure(&cluster.name, f.error.flag());
+            Outcome::LocalFailure
+        }
+        Err(_) => return,
+    };
+    if outcome == Outcome::Success {
+        ep.stats.record_success(rtt, now);
+        cluster.latency.record(rtt);
+    } else {
+        ep.stats.record_failure(rtt, now);
+    }
+    if let Some(cfg) = &cluster.health.outlier
+        && ep.health.record(cfg, outcome, rtt, now)
+    {
+        cluster.wake.notify_one();
+    }
+}
+
+thread_local! {
+    /// Backoff jitter.
+    static RNG: std::cell::RefCell<fastrand::Rng> = std::cell::RefCell::new(fastrand::Rng::new());
+}
