@@ -11,12 +11,15 @@
 //! - [`snapshot`]: the immutable runtime view loaded once per request, compiled from [`config`].
 //! - [`route`]: matching a request to a route; rewrites.
 //! - [`headers`]: hop-by-hop, forwarding (`X-Forwarded-*`, `Forwarded`, `Via`) and request ids.
-//! - [`upstream`]: clusters, balancers, sending (our own HTTP/1.1 client, hyper for HTTP/2),
+//! - [`upstream`]: clusters, the attempts of a request (retries, hedges, limits), the routing
+//!   plan (tiers, zones, panic), balancers, sending (our own HTTP/1.1 client, hyper for HTTP/2),
 //!   connecting, pooling.
+//! - [`health`]: active probes, outlier detection, and the task that turns verdicts into the plan.
 //! - [`body`]: streaming bodies with idle timeouts and an end hook; [`upgrade`]: WebSocket tunnels.
 //! - [`error`]: every failure and the one place it becomes a response.
 //! - [`access_log`], [`metrics`]: what the operator sees per request; [`admin`]: the admin API.
-//! - [`cli`], [`demo`]: the binary's commands.
+//! - [`cli`], [`demo`]: the binary's commands; [`chaos`]: the fault-switchable upstream the demo,
+//!   the tests and `bench/faults.sh` use.
 
 pub mod access_log;
 pub mod admin;
