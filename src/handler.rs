@@ -442,7 +442,7 @@ async fn proxy(
 fn serving<'a>(snapshot: &'a Snapshot, first: &'a Arc<Cluster>) -> Option<&'a Arc<Cluster>> {
     let mut cluster = first;
     for _ in 0..8 {
-        if !cluster.members().plan.is_empty() {
+        if cluster.can_serve() {
             return Some(cluster);
         }
         let next = snapshot.clusters.get(cluster.fallback.as_deref()?)?;

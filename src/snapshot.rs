@@ -186,7 +186,16 @@ pub async fn compile(
         let mut v = Vec::new();
         for (name, _) in &r.targets {
             match clusters.get(name.as_str()) {
-                Some(c) => v.push(Arc::clone(c)),
+                Some(c) => {
+                    // Only clusters a quantile hedge reads pay for the latency histogram.
+                    if r.hedge
+                        .is_some_and(|h| matches!(h.delay, config::HedgeDelay::Quantile(_)))
+                    {
+                        c.track_latency
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    v.push(Arc::clone(c));
+                }
                 None => problems.push(Problem {
                     path: format!("routes[{}]", r.index),
                     message: format!("unknown cluster {name:?}"),

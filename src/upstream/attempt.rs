@@ -204,7 +204,7 @@ fn pick(
     tried: &[usize],
     now: Instant,
 ) -> Result<(usize, Arc<Endpoint>), ProxyError> {
-    let members = cluster.members();
+    let members = cluster.members_now();
     let idx = cluster
         .pick(&members, hash, tried, now)
         .or_else(|| {
@@ -369,7 +369,12 @@ fn record(
     };
     if outcome == Outcome::Success {
         ep.stats.record_success(rtt, now);
-        cluster.latency.record(rtt);
+        if cluster
+            .track_latency
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            cluster.latency.record(rtt);
+        }
     } else {
         ep.stats.record_failure(rtt, now);
     }

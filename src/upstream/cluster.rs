@@ -277,8 +277,10 @@ pub struct Cluster {
     pub limits: Limits,
     /// Wakes the health task (an endpoint just crossed a failure threshold, or the operator acted).
     pub wake: Notify,
-    /// Recent response-head latencies (a hedge's `p95`).
+    /// Recent response-head latencies (a hedge's `p95`), recorded only when `track_latency`.
     pub latency: LatencyHistogram,
+    /// Set at compile when a route hedges on this cluster's quantile.
+    pub track_latency: AtomicBool,
     /// Whether the last plan was in panic mode (so the change is logged once, not per rebuild).
     panic: AtomicBool,
     members: ArcSwap<Members>,
@@ -339,6 +341,7 @@ impl Cluster {
             limits: Limits::new(&cfg.limits, &cfg.retry_budget),
             wake: Notify::new(),
             latency: LatencyHistogram::default(),
+            track_latency: AtomicBool::new(false),
             panic: AtomicBool::new(members.plan.panic),
             members: ArcSwap::from_pointee(members),
         }
@@ -357,6 +360,16 @@ impl Cluster {
 
     pub fn members(&self) -> Arc<Members> {
         self.members.load_full()
+    }
+
+    /// The current members for a moment (no reference count taken: the request path's way).
+    pub fn members_now(&self) -> arc_swap::Guard<Arc<Members>> {
+        self.members.load()
+    }
+
+    /// Whether any endpoint can take traffic now.
+    pub fn can_serve(&self) -> bool {
+        !self.members.load().plan.is_empty()
     }
 
     /// Replaces the endpoint list (DNS changed), rebuilding the plan and balancers for it.
