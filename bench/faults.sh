@@ -10,6 +10,10 @@
 # the figures and not only the steady state. Prints one table per scenario (requests, errors, p50,
 # p99, max latency), Palisade's retry/ejection counters, and a summary against Palisade's baseline.
 #
+# wrk 4 corrects its latency percentiles for coordinated omission (it adds synthetic samples behind
+# every slow answer), so a few hundred slow answers move its p99 a lot; for Palisade the report also
+# gives its own request-duration histogram over the measured run, which has no such correction.
+#
 # Scenarios (SCENARIOS, in this order by default):
 #   baseline  no fault
 #   refuse    u2 refuses connections (open ones are reset)       from FAULT_AFTER
@@ -28,6 +32,8 @@
 #   RECOVER_AFTER=5     recovery: seconds into the run when u2 heals
 #   WARMUP=2            seconds of unmeasured wrk before each measured run (all upstreams healthy)
 #   CONNECTIONS=50      wrk connections
+#   WAIT_QUIET=0        before each run, wait up to this many seconds for other processes to use
+#                       < 10% of a core (for shared machines; 0 = do not wait)
 #   SCENARIOS="baseline refuse ..."        subset / order
 #   PROXIES="palisade nginx haproxy"       subset / order (default: those installed)
 #   PALISADE_BIN=target/release/palisade   (relative to the crate root; copied before use)
@@ -135,8 +141,7 @@ describe() {
 # schedule SCENARIO CONTROL RUN_DIR: the fault steps during the measured run (run in background,
 # started together with wrk).
 schedule() {
-    local scenario=$1 control=$2 run=$3 end
-    end=$(($(date +%s%N) / 1000000 + DURATION * 1000))
+    local scenario=$1 control=$2 run=$3 origin=${EPOCHREALTIME/,/.}
     case $scenario in
         baseline) ;;
         all_down)
@@ -146,10 +151,8 @@ schedule() {
             wait
             ;;
         recovery)
-            sleep "$RECOVER_AFTER"
-            fault "$control" u2 ok
-            on_cpu "$LOAD_CPU" python3 "$here/faults_summary.py" poll "$control" "$end" \
-                "$run/recovery-poll.tsv"
+            on_cpu "$LOAD_CPU" python3 "$here/faults_summary.py" recover "$control" "$origin" \
+                "$RECOVER_AFTER" "$DURATION" "$run/recovery-poll.tsv"
             ;;
         *)
             local spec=$scenario
@@ -366,9 +369,14 @@ run_one() {
     proxy_pid=$LAST_PID
     url="http://127.0.0.1:$port/"
 
+    if ((${WAIT_QUIET:-0} > 0)); then wait_quiet "$WAIT_QUIET" || true; fi
     on_cpu "$LOAD_CPU" wrk -t1 -c"$CONNECTIONS" -d"${WARMUP}s" --timeout "$WRK_TIMEOUT" "$url" \
         >"$run/wrk-warmup.txt" 2>&1 || true
     if [[ $scenario == recovery ]]; then fault "$CONTROL" u2 refuse; fi
+    # Palisade's own request-duration histogram, so that the measured run can be told apart.
+    if [[ $kind == palisade ]]; then
+        curl -s -m 5 "http://$ADMIN/metrics" >"$run/metrics-before.txt" || true
+    fi
 
     schedule "$scenario" "$CONTROL" "$run" &
     step_pid=$!
@@ -388,8 +396,11 @@ run_one() {
     stop "$proxy_pid"
     stop "$CHAOS_PID"
 
-    python3 "$here/faults_summary.py" parse "$run/wrk.txt" "$kind" "$scenario" >>"$results"
-    log "$(tail -n 1 "$results")"
+    if python3 "$here/faults_summary.py" parse "$run/wrk.txt" "$kind" "$scenario" >>"$results"; then
+        log "$(tail -n 1 "$results")"
+    else
+        log "warning: no result for $kind/$scenario (wrk output above); going on"
+    fi
 }
 
 # ---- main -----------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 
 Usage:
   faults_summary.py parse WRK_OUTPUT PROXY SCENARIO     one TSV line (see COLUMNS) on stdout
-  faults_summary.py poll CONTROL_ADDR END_MS OUT        GET / every 0.25 s until the Unix time
-                                                        END_MS (milliseconds), TSV to OUT
+  faults_summary.py recover CONTROL_ADDR ORIGIN HEAL_AFTER DURATION OUT
+      heals u2 at ORIGIN + HEAL_AFTER (Unix seconds), then samples the chaos request counts every
+      0.25 s until ORIGIN + DURATION; TSV to OUT
   faults_summary.py report WORK_DIR                     tables and summary from WORK_DIR
 """
 
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.request
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from wrk_parse import to_ms  # noqa: E402  (shared with compare.sh's parser)
 
@@ -57,24 +59,38 @@ def parse(path: str, proxy: str, scenario: str) -> None:
     print("\t".join(row))
 
 
-def poll(control: str, end_ms: str, out: str) -> None:
-    """Samples every upstream's request count; the first sample is taken at once."""
-    start = time.monotonic()
-    deadline = start + max(0.0, int(end_ms) / 1000 - time.time())
+def counts(control: str) -> str:
+    with urllib.request.urlopen(f"http://{control}/", timeout=2) as rsp:
+        return " ".join(f"{u['name']}={u['requests']}" for u in json.load(rsp))
+
+
+def recover(control: str, origin: str, heal_after: str, duration: str, out: str) -> None:
+    """At ORIGIN + HEAL_AFTER (Unix seconds), samples the request counts and sets u2 to `ok`; then
+    samples them every 0.25 s until ORIGIN + DURATION. Times in OUT are from the heal request."""
+    heal_at = float(origin) + float(heal_after)
+    end_at = float(origin) + float(duration)
+    time.sleep(max(0.0, heal_at - time.time()))
     with open(out, "w", encoding="utf-8") as f:
+        before = counts(control)
+        sent = time.time()
+        req = urllib.request.Request(f"http://{control}/u2/ok", method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=3) as rsp:
+                rsp.read()
+            f.write(f"# heal answered after {time.time() - sent:.3f} s\n")
+        except OSError as e:
+            f.write(f"# heal failed: {e}\n")
+        f.write(f"0.000\t{before}\n")
         while True:
-            now = time.monotonic()
+            now = time.time()
             try:
-                with urllib.request.urlopen(f"http://{control}/", timeout=1) as rsp:
-                    state = json.load(rsp)
-                counts = " ".join(f"{u['name']}={u['requests']}" for u in state)
-                f.write(f"{now - start:.3f}\t{counts}\n")
-                f.flush()
+                f.write(f"{now - sent:.3f}\t{counts(control)}\n")
             except OSError as e:
-                f.write(f"{now - start:.3f}\terror {e}\n")
-            if now >= deadline:
+                f.write(f"# {now - sent:.3f} sample failed: {e}\n")
+            f.flush()
+            if now >= end_at:
                 return
-            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(0.25, max(0.0, end_at - time.time())))
 
 
 def recovery(path: str) -> str | None:
@@ -82,9 +98,9 @@ def recovery(path: str) -> str | None:
     samples = []
     with open(path, encoding="utf-8") as f:
         for line in f:
-            t, _, rest = line.rstrip("\n").partition("\t")
-            if rest.startswith("error"):
+            if line.startswith("#"):
                 continue
+            t, _, rest = line.rstrip("\n").partition("\t")
             counts = dict(kv.split("=", 1) for kv in rest.split())
             samples.append((float(t), {k: int(v) for k, v in counts.items()}))
     if len(samples) < 2:
@@ -96,8 +112,13 @@ def recovery(path: str) -> str | None:
     back = next((t - t0 for t, c in samples if c["u2"] - c0["u2"] >= BACK_THRESHOLD), None)
     share = f"{100 * served / total:.1f}%" if total else "-"
     back_s = f"{back:.2f} s after healing" if back is not None else f"not within {t1 - t0:.1f} s"
-    return (f"u2 served {served} of {total} upstream requests in the {t1 - t0:.1f} s after healing "
+    text = (f"u2 served {served} of {total} upstream requests in the {t1 - t0:.1f} s after healing "
             f"({share}; fair share 33%); back in rotation (+{BACK_THRESHOLD} requests): {back_s}")
+    with open(path, encoding="utf-8") as f:
+        head = f.readline()
+    if head.startswith("#"):
+        text += f" [{head[2:].strip()}]"
+    return text
 
 
 def metrics(path: str, requests: int) -> str | None:
@@ -122,10 +143,58 @@ def metrics(path: str, requests: int) -> str | None:
     text = "retries_total: " + ", ".join(parts)
     attempted = retries.get("retry attempted", 0)
     if requests:
-        text += f" (attempted = {100 * attempted / requests:.1f}% of client requests)"
+        text += f" (attempted = {100 * attempted / requests:.2f}% of client requests)"
     ej = [f"{k} {v:.0f}" for k, v in sorted(ejections.items())] or ["none"]
     text += "; outlier_ejections_total: " + ", ".join(ej)
     return text
+
+
+def histogram(path: str) -> dict[float, float]:
+    """Cumulative bucket counts of Palisade's `palisade_request_duration_seconds` (all routes)."""
+    out: dict[float, float] = {}
+    if not os.path.exists(path):
+        return out
+    for line in open(path, encoding="utf-8"):
+        m = re.match(r'palisade_request_duration_seconds_bucket\{([^}]*)\}\s+(\S+)', line)
+        if not m:
+            continue
+        le = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1))).get("le", "+Inf")
+        bound = float("inf") if le == "+Inf" else float(le)
+        out[bound] = out.get(bound, 0) + float(m.group(2))
+    return out
+
+
+def server_side(run: str) -> dict[str, str] | None:
+    """Palisade's own view of the measured run: request-duration histogram after minus before.
+    Unlike wrk's percentiles it has no coordinated-omission correction, and it misses time spent
+    in socket buffers before Palisade reads a request."""
+    before = histogram(os.path.join(run, "metrics-before.txt"))
+    after = histogram(os.path.join(run, "metrics.txt"))
+    if not after:
+        return None
+    delta = sorted((b, after[b] - before.get(b, 0)) for b in after)
+    total = delta[-1][1]
+    if total <= 0:
+        return None
+
+    def quantile(q: float) -> str:
+        for bound, cum in delta:
+            if cum >= q * total:
+                return "+Inf" if bound == float("inf") else f"{bound * 1000:g}"
+        return "?"
+
+    def above(limit: float) -> str:
+        below = max((cum for bound, cum in delta if bound <= limit), default=0)
+        return str(int(total - below))
+
+    return {"total": str(int(total)), "p50": quantile(0.5), "p99": quantile(0.99),
+            "100ms": above(0.1), "500ms": above(0.5), "1s": above(1.0)}
+
+
+def server_side_text(own: dict[str, str]) -> str:
+    return (f"own histogram (no CO correction): {own['total']} requests, p50 <= {own['p50']} ms, "
+            f"p99 <= {own['p99']} ms (bucket bounds); > 100 ms: {own['100ms']}, "
+            f"> 500 ms: {own['500ms']}, > 1 s: {own['1s']}")
 
 
 def fnum(v: str) -> float | None:
@@ -136,6 +205,10 @@ def fmt_ms(v: float | None) -> str:
     if v is None:
         return "-"
     return f"{v:.2f}" if v < 100 else f"{v:.0f}"
+
+
+def fmt_pct(p: float) -> str:
+    return "<0.01" if 0 < p < 0.01 else f"{p:.2f}"
 
 
 def errors_of(r: dict[str, str]) -> tuple[int, float]:
@@ -174,12 +247,15 @@ def report(work: str) -> None:
                 if int(r[k]):
                     detail.append(f"{k} {r[k]}")
             print(f"{r['proxy']:<9} {int(r['requests']):>9} {int(r['rps']):>7} {errors:>8} "
-                  f"{pct:>8.2f} {fmt_ms(fnum(r['p50_ms'])):>8} {fmt_ms(fnum(r['p99_ms'])):>8} "
+                  f"{fmt_pct(pct):>8} {fmt_ms(fnum(r['p50_ms'])):>8} {fmt_ms(fnum(r['p99_ms'])):>8} "
                   f"{fmt_ms(fnum(r['max_ms'])):>8}  {', '.join(detail)}")
             run = os.path.join(work, "runs", f"{s}-{r['proxy']}")
             m = metrics(os.path.join(run, "resilience-metrics.txt"), int(r["requests"]))
             if m:
                 notes.append(f"  {r['proxy']}: {m}")
+            own = server_side(run)
+            if own:
+                notes.append(f"  {r['proxy']}: {server_side_text(own)}")
             poll_file = os.path.join(run, "recovery-poll.tsv")
             if os.path.exists(poll_file):
                 rec = recovery(poll_file)
@@ -190,9 +266,9 @@ def report(work: str) -> None:
     print()
     base = next((r for r in rows if r["scenario"] == "baseline" and r["proxy"] == "palisade"), None)
     base_p99 = fnum(base["p99_ms"]) if base else None
-    print(f"Summary: Palisade's p99 against its own baseline p99 ({fmt_ms(base_p99)} ms); target "
-          f"within {P99_TARGET:.0f}x for {' and '.join(P99_TARGET_SCENARIOS)}. "
-          "errors = non-2xx/3xx + socket errors (% of attempts).")
+    print(f"Summary: Palisade's wrk p99 against its own baseline wrk p99 ({fmt_ms(base_p99)} ms); "
+          f"target within {P99_TARGET:.0f}x for {' and '.join(P99_TARGET_SCENARIOS)}. own p99 = "
+          "Palisade's histogram (bucket bound). errors = non-2xx/3xx + socket errors (% of attempts).")
     for s in scenarios:
         pal = next((r for r in rows if r["scenario"] == s and r["proxy"] == "palisade"), None)
         ratio = ""
@@ -202,22 +278,25 @@ def report(work: str) -> None:
                 x = p99 / base_p99
                 ratio = f"palisade p99 {fmt_ms(p99)} ms = {x:.1f}x baseline"
                 if s in P99_TARGET_SCENARIOS:
-                    ratio += " (target met)" if x <= P99_TARGET else " (TARGET NOT MET)"
+                    ratio += " (met)" if x <= P99_TARGET else " (NOT MET)"
+            own = server_side(os.path.join(work, "runs", f"{s}-palisade"))
+            if own:
+                ratio += f"; own p99 <= {own['p99']} ms"
         elif pal:
             ratio = "palisade p99 -, no Palisade baseline run"
         errs = []
         for r in (r for r in rows if r["scenario"] == s):
             e, pct = errors_of(r)
-            errs.append(f"{r['proxy']} {e} ({pct:.2f}%)")
-        print(f"{s:<9} {ratio:<50} errors: {', '.join(errs)}")
+            errs.append(f"{r['proxy']} {e} ({fmt_pct(pct)}%)")
+        print(f"{s:<9} {ratio:<72} errors: {', '.join(errs)}")
 
 
 def main() -> None:
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "parse":
         parse(*args)
-    elif cmd == "poll":
-        poll(*args)
+    elif cmd == "recover":
+        recover(*args)
     elif cmd == "report":
         report(*args)
     else:

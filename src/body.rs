@@ -117,6 +117,7 @@ impl ProxyBody {
         let inner = match body {
             UpstreamBody::H1(b) => Inner::H1(b),
             UpstreamBody::H2(b) => Inner::Incoming(b),
+            UpstreamBody::Buffered(b) => Inner::Full((!b.is_empty()).then_some(b)),
         };
         Self {
             inner,

@@ -34,7 +34,7 @@ use crate::{
     snapshot::{Shared, Snapshot},
     upgrade,
     upstream::{
-        attempt::{self, Payload},
+        attempt::{self, Payload, Verdict},
         cluster::{Cluster, HashKey, fnv1a},
         forward::UpstreamBody,
         limits::Permit,
@@ -93,6 +93,9 @@ struct Hold {
     _in_flight: Option<InFlight>,
     _request: Option<Permit>,
     _retry: Option<Permit>,
+    /// The answer's outcome, counted against its endpoint once the body has ended (a response
+    /// can still fail mid-body).
+    verdict: Option<Verdict>,
 }
 
 /// A record not yet attached to a response body: if the request future is dropped (the client went
@@ -163,7 +166,7 @@ pub async fn handle(
             None,
         ));
     };
-    let (mut rsp, hold): (Response<ProxyBody>, Hold) = match result {
+    let (mut rsp, mut hold): (Response<ProxyBody>, Hold) = match result {
         Ok(answer) => answer,
         Err(e) => {
             record.flags = e.flag();
@@ -199,6 +202,9 @@ pub async fn handle(
     }
     let body = std::mem::replace(rsp.body_mut(), ProxyBody::empty());
     *rsp.body_mut() = body.on_end(Box::new(move |end| {
+        if let Some(v) = hold.verdict.take() {
+            v.finish(end.failure);
+        }
         // The endpoint's in-flight count and the cluster's slots last until the response body
         // ends. (The connection went back to the pool from the body itself, see `upstream::http1`.)
         drop(hold);
@@ -388,12 +394,13 @@ async fn proxy(
             }
         }
     }
-    let sent = answer.sent;
     let hold = Hold {
+        verdict: answer.verdict(cluster),
         _in_flight: Some(answer.in_flight),
         _request: Some(request_permit),
         _retry: answer.retry,
     };
+    let sent = answer.sent;
     let response = sent.response;
     let status = response.status();
 

@@ -62,7 +62,8 @@ pub struct HealthCheckConfig {
     /// sees what a new client connection would (firewalls and L4 balancers hide behind open ones).
     #[serde(default)]
     pub reuse_connection: bool,
-    /// A passing probe lifts an outlier ejection early.
+    /// A probe that turns the endpoint healthy again lifts its outlier ejection early (a probe
+    /// passing while the endpoint is already healthy does not: a flaky endpoint would flap).
     #[serde(default = "yes")]
     pub uneject_on_pass: bool,
 }
@@ -342,7 +343,10 @@ fn default_budget_percent() -> u32 {
     20
 }
 fn default_min_concurrency() -> u32 {
-    3
+    // Envoy's is 3, which refuses retries in the very first burst after one endpoint of three
+    // fails (a third of the requests in flight need one at once); 10 concurrent retries cannot
+    // amount to a storm, and the percentage governs above that.
+    10
 }
 
 /// `[routes.retry]`: another attempt after a failure. On by default for the failures that are safe.
@@ -380,6 +384,11 @@ pub struct RetryConfig {
     /// sent.
     #[serde(default = "default_replay_buffer")]
     pub replay_buffer_bytes: usize,
+    /// While a retry is still possible, a response whose `Content-Length` is at most this many
+    /// bytes is read whole before it is passed on, so an upstream that resets mid-body is
+    /// retried instead of cutting the client's response. 0 streams every response at once.
+    #[serde(default = "default_replay_buffer")]
+    pub response_buffer_bytes: usize,
 }
 
 impl Default for RetryConfig {
@@ -394,6 +403,7 @@ impl Default for RetryConfig {
             max_retry_after: default_max_retry_after(),
             non_idempotent: false,
             replay_buffer_bytes: default_replay_buffer(),
+            response_buffer_bytes: default_replay_buffer(),
         }
     }
 }

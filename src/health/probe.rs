@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, header, uri::PathAndQuery};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 
 use crate::{
     body::ProxyBody,
@@ -188,32 +188,36 @@ async fn run(cluster: &Cluster, ep: &Arc<Endpoint>, spec: &ProbeSpec) -> Result<
     {
         return Err(format!("HTTP {code}"));
     }
-    if let Some(needle) = &http.body_contains {
-        let bytes = collect(body).await?;
-        if !contains(&bytes, needle) {
-            return Err(format!("HTTP {code}, body lacks the expected text"));
-        }
-    } else if spec.reuse_connection {
-        // Read to the end so the connection can go back to the pool.
-        collect(body).await?;
+    // The body is read too (its first 64 KiB): an upstream that sends a head and then dies
+    // mid-body fails its clients, so it fails its probe.
+    let bytes = read_body(body)
+        .await
+        .map_err(|()| format!("HTTP {code}, body failed"))?;
+    if let Some(needle) = &http.body_contains
+        && !contains(&bytes, needle)
+    {
+        return Err(format!("HTTP {code}, body lacks the expected text"));
     }
     Ok(())
 }
 
-async fn collect(body: UpstreamBody) -> Result<Bytes, String> {
-    let read = match body {
-        UpstreamBody::H1(b) => Limited::new(b, MAX_PROBE_BODY)
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .map_err(|_| ()),
-        UpstreamBody::H2(b) => Limited::new(b, MAX_PROBE_BODY)
-            .collect()
-            .await
-            .map(|c| c.to_bytes())
-            .map_err(|_| ()),
-    };
-    read.map_err(|()| "body failed or too large".to_owned())
+/// The body's first `MAX_PROBE_BODY` bytes; a body that fails before its end or that limit is an
+/// error, a longer one is simply not read further.
+async fn read_body(body: UpstreamBody) -> Result<Vec<u8>, ()> {
+    let mut body = ProxyBody::upstream(body, Duration::from_secs(3600));
+    let mut out = Vec::new();
+    while out.len() < MAX_PROBE_BODY {
+        match body.frame().await {
+            None => break,
+            Some(Err(_)) => return Err(()),
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    out.extend_from_slice(&d);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {

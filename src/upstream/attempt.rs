@@ -11,10 +11,12 @@ use std::{
 };
 
 use http::{StatusCode, request::Parts};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
 
 use super::{
     cluster::{Cluster, Endpoint},
-    forward::{self, Failed, Sent},
+    forward::{self, Failed, Sent, UpstreamBody},
     limits::Permit,
     replay::Replay,
     retry::{self, Failure, Hedge, RetryPolicy},
@@ -80,6 +82,21 @@ pub struct Answer {
     pub upstream_time: Duration,
     /// Attempts made, hedges included.
     pub attempts: u32,
+    /// The answer's outcome, to count against its endpoint when the response ends
+    /// (`Verdict::finish`); `None` when there is nothing to count.
+    pub verdict: Option<(Outcome, Duration)>,
+}
+
+impl Answer {
+    /// The verdict to finish when the response ends.
+    pub fn verdict(&self, cluster: &Arc<Cluster>) -> Option<Verdict> {
+        self.verdict.map(|(outcome, rtt)| Verdict {
+            cluster: Arc::clone(cluster),
+            endpoint: Arc::clone(&self.endpoint),
+            outcome,
+            rtt,
+        })
+    }
 }
 
 /// One finished attempt.
@@ -89,11 +106,57 @@ struct Tried {
     idx: usize,
     in_flight: InFlight,
     rtt: Duration,
+    /// What it says about the endpoint, for outlier detection; `None` when nothing (the
+    /// client's fault). Counted once: when the attempt is given up for a retry, or, for the
+    /// answer the client gets, when its body ends (`Verdict`), since a response can still fail
+    /// mid-body.
+    outcome: Option<(Outcome, Instant)>,
+}
+
+impl Tried {
+    /// Counts the outcome against the endpoint now.
+    fn judge(&self, cluster: &Cluster) {
+        if let Some((outcome, at)) = self.outcome {
+            judge(cluster, &self.endpoint, outcome, self.rtt, at);
+        }
+    }
+}
+
+/// The outcome of the attempt whose response the client gets, counted when the response ends.
+pub struct Verdict {
+    cluster: Arc<Cluster>,
+    endpoint: Arc<Endpoint>,
+    outcome: Outcome,
+    rtt: Duration,
+}
+
+impl Verdict {
+    /// Counts the outcome, or a local failure when the upstream's body failed part-way (a reset
+    /// or a stall: `failure` is the body's access-log flag). A client that went away says nothing
+    /// about the endpoint, so its responses count as they began.
+    pub fn finish(self, failure: Option<&str>) {
+        let outcome = match failure {
+            Some("UR" | "SI") => Outcome::LocalFailure,
+            _ => self.outcome,
+        };
+        judge(
+            &self.cluster,
+            &self.endpoint,
+            outcome,
+            self.rtt,
+            Instant::now(),
+        );
+    }
 }
 
 /// Runs attempts until one answers well, or no further attempt is allowed. `sent_at` is the
 /// caller's clock reading for the first; `on_attempt` hears of each endpoint tried (for the
 /// access log, which must name the upstream even if the client leaves mid-attempt).
+///
+/// A retry to another endpoint goes at once: the backoff (and a `Retry-After`) is for coming back
+/// to the same one, when no other is left (HAProxy waits only before retrying the same server,
+/// too). The retry budget is asked right before the retry is sent, so waiting retries never hold
+/// budget, and when it says no, the client gets the last attempt's answer.
 pub async fn run(
     plan: &Plan<'_>,
     payload: &mut Payload,
@@ -105,16 +168,40 @@ pub async fn run(
     let mut n_tried = 0;
     let mut attempt = 1u32;
     let mut retry_permit = None;
-    let mut wait_if_same: Option<(usize, Duration)> = None;
+    // The last failed attempt, and the wait it asks for before its endpoint is tried again.
+    let mut failed: Option<(Tried, Duration)> = None;
     loop {
-        let (idx, endpoint) = pick(cluster, plan.hash, &tried[..n_tried], sent_at)?;
-        if let Some((prev, wait)) = wait_if_same.take()
-            && prev == idx
-        {
-            // Only the endpoint that asked to be left alone (`Retry-After`) is left: wait as asked.
-            tokio::time::sleep(wait).await;
-            sent_at = Instant::now();
-        }
+        let picked = pick(cluster, plan.hash, &tried[..n_tried], sent_at);
+        let (idx, endpoint) = match (picked, failed.take()) {
+            (Ok(p), None) => p,
+            (Err(e), None) => return Err(e),
+            (Err(_), Some((prev, _))) => return answer(cluster, prev, retry_permit, attempt - 1),
+            (Ok(p), Some((prev, wait))) => {
+                if p.0 == prev.idx {
+                    if tokio::time::Instant::now() + wait >= plan.deadline {
+                        return answer(cluster, prev, retry_permit, attempt - 1);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                let Ok(permit) = cluster.limits.admit_retry() else {
+                    crate::metrics::retry(&cluster.name, "retry", "budget_exhausted");
+                    tracing::debug!(cluster = %cluster.name, "retry not made: over budget");
+                    return answer(cluster, prev, retry_permit, attempt - 1);
+                };
+                crate::metrics::retry(&cluster.name, "retry", "attempted");
+                retry_permit = Some(permit);
+                // A one-shot body that came back unsent can go again; a replayable one needs
+                // nothing.
+                if let Err(f) = prev.result
+                    && let Some(body) = f.body
+                    && matches!(payload, Payload::Stream(_))
+                {
+                    *payload = Payload::Stream(Some(Box::new(body)));
+                }
+                sent_at = Instant::now();
+                p
+            }
+        };
         remember(&mut tried, &mut n_tried, idx);
         on_attempt(&endpoint, attempt);
         // Hedging needs a body both attempts can send at once: only bodiless requests qualify.
@@ -135,17 +222,29 @@ pub async fn run(
                 }
                 done
             }
-            None => one(plan, idx, endpoint, payload.for_attempt(), sent_at).await,
+            None => {
+                // While another attempt could follow a reset, small responses are read whole
+                // before the client sees them.
+                let buffer = attempt < policy.attempts
+                    && policy.wants(Failure::Error(&ProxyError::UpstreamReset), plan.idempotent)
+                    && payload.replayable();
+                let body = payload.for_attempt();
+                let mut done = one(plan, idx, endpoint, body, sent_at).await;
+                if buffer {
+                    done = read_whole(plan, done).await;
+                }
+                done
+            }
         };
 
         if good(policy, &done.result) {
             if attempt > 1 {
                 crate::metrics::retry(&cluster.name, "retry", "succeeded");
             }
-            return answer(done, retry_permit, attempt);
+            return answer(cluster, done, retry_permit, attempt);
         }
         // Another attempt? Only if the policy allows it for this failure and method, the body
-        // can be sent again, time is left, and the budget has room.
+        // can be sent again, and time is left.
         let failure = match &done.result {
             Ok(sent) => Failure::Status(sent.response.status()),
             Err(f) => Failure::Error(&f.error),
@@ -160,38 +259,13 @@ pub async fn run(
             && policy.wants(failure, plan.idempotent)
             && (payload.replayable() || returned_body)
             && retry_after.is_none_or(|d| d <= policy.max_retry_after)
-            // Time for the wait before it (a `Retry-After` counts in case the same endpoint is
-            // all that is left) and something more.
-            && tokio::time::Instant::now() + backoff.max(retry_after.unwrap_or_default())
-                < plan.deadline;
-        let permit = if again {
-            match cluster.limits.admit_retry() {
-                Ok(p) => Some(p),
-                Err(o) => {
-                    crate::metrics::retry(&cluster.name, "retry", "budget_exhausted");
-                    tracing::debug!(cluster = %cluster.name, limit = o.as_str(), "retry not made: over budget");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let Some(permit) = permit else {
-            return answer(done, retry_permit, attempt);
-        };
-        crate::metrics::retry(&cluster.name, "retry", "attempted");
-        retry_permit = Some(permit);
-        wait_if_same = retry_after.map(|d| (done.idx, d));
-        // A one-shot body that came back unsent can go again; a replayable one needs nothing.
-        if let Err(f) = done.result
-            && let Some(body) = f.body
-            && matches!(payload, Payload::Stream(_))
-        {
-            *payload = Payload::Stream(Some(Box::new(body)));
+            && tokio::time::Instant::now() < plan.deadline;
+        if !again {
+            return answer(cluster, done, retry_permit, attempt);
         }
-        drop(done.in_flight);
-        tokio::time::sleep(backoff).await;
-        sent_at = Instant::now();
+        // The failed attempt is answered for nothing else now: its outcome counts at once.
+        done.judge(plan.cluster);
+        failed = Some((done, backoff.max(retry_after.unwrap_or_default())));
         attempt += 1;
     }
 }
@@ -229,7 +303,16 @@ fn good(policy: &RetryPolicy, result: &Result<Sent, Failed>) -> bool {
     matches!(result, Ok(sent) if !policy.retries_status(sent.response.status()))
 }
 
-fn answer(done: Tried, retry: Option<Permit>, attempts: u32) -> Result<Answer, ProxyError> {
+fn answer(
+    cluster: &Cluster,
+    done: Tried,
+    retry: Option<Permit>,
+    attempts: u32,
+) -> Result<Answer, ProxyError> {
+    if done.result.is_err() {
+        // No response goes out for this attempt: its outcome counts now.
+        done.judge(cluster);
+    }
     match done.result {
         Ok(sent) => Ok(Answer {
             sent,
@@ -238,7 +321,13 @@ fn answer(done: Tried, retry: Option<Permit>, attempts: u32) -> Result<Answer, P
             retry,
             upstream_time: done.rtt,
             attempts,
+            verdict: done.outcome.map(|(o, _)| (o, done.rtt)),
         }),
+        // In panic mode every endpoint is tried although none is believed healthy: when even
+        // that reached none, the truth is that nothing can serve (503 UH, a last resort applies).
+        Err(f) if f.error.never_sent() && cluster.members_now().plan.panic => {
+            Err(ProxyError::NoHealthyUpstream)
+        }
         Err(f) => Err(f.error),
     }
 }
@@ -264,14 +353,54 @@ async fn one(
     let result = forward::send(plan.cluster, &endpoint, plan.parts, body, deadline, sent_at).await;
     let answered = Instant::now();
     let rtt = answered.saturating_duration_since(sent_at);
-    record(plan.cluster, &endpoint, &result, rtt, answered);
+    let outcome = record(plan.cluster, &endpoint, &result, rtt, answered).map(|o| (o, answered));
     Tried {
         result,
         endpoint,
         idx,
         in_flight,
         rtt,
+        outcome,
     }
+}
+
+/// Reads a small HTTP/1.1 response's body whole, so that a failure mid-body becomes a failed
+/// attempt (retried) instead of a cut response. Only a good answer with a `Content-Length` up to
+/// `response_buffer_bytes` qualifies; a body that usually arrived with its head costs no wait.
+async fn read_whole(plan: &Plan<'_>, mut done: Tried) -> Tried {
+    let limit = plan.policy.response_buffer_bytes;
+    let fits = match &done.result {
+        Ok(sent) if good(plan.policy, &done.result) => match sent.response.body() {
+            UpstreamBody::H1(b) => b.size_hint().exact().is_some_and(|n| n > 0 && n <= limit),
+            _ => false,
+        },
+        _ => false,
+    };
+    if !fits {
+        return done;
+    }
+    let Ok(sent) = done.result else {
+        return done;
+    };
+    let (parts, body) = sent.response.into_parts();
+    let body = crate::body::ProxyBody::upstream(body, plan.cluster.body_idle_timeout);
+    done.result = match body.collect().await {
+        Ok(c) => Ok(Sent {
+            response: http::Response::from_parts(parts, UpstreamBody::Buffered(c.to_bytes())),
+        }),
+        Err(e) => {
+            let error = match e {
+                crate::body::BodyError::Idle => ProxyError::UpstreamTimeout,
+                crate::body::BodyError::Peer(_) => ProxyError::UpstreamReset,
+            };
+            // The head counted as an answer; the attempt failed after all.
+            done.endpoint.stats.record_failure(done.rtt, Instant::now());
+            crate::metrics::upstream_failure(&plan.cluster.name, error.flag());
+            done.outcome = Some((Outcome::LocalFailure, Instant::now()));
+            Err(Failed { error, body: None })
+        }
+    };
+    done
 }
 
 /// The first attempt, and after `delay` without an answer a second one to another endpoint (if
@@ -311,21 +440,33 @@ async fn hedged(
         tokio::select! {
             done = &mut first, if failed.as_ref().is_none_or(|f| f.idx != idx) => {
                 if good(plan.policy, &done.result) {
+                    if let Some(f) = failed.take() {
+                        f.judge(cluster);
+                    }
                     return (done, Some(idx2), Some(permit));
                 }
                 match failed.take() {
                     // Both failed: the later failure decides what happens next.
-                    Some(_) => return (done, Some(idx2), Some(permit)),
+                    Some(f) => {
+                        f.judge(cluster);
+                        return (done, Some(idx2), Some(permit));
+                    }
                     None => failed = Some(done),
                 }
             }
             done = &mut second, if failed.as_ref().is_none_or(|f| f.idx != idx2) => {
                 if good(plan.policy, &done.result) {
                     crate::metrics::retry(&cluster.name, "hedge", "succeeded");
+                    if let Some(f) = failed.take() {
+                        f.judge(cluster);
+                    }
                     return (done, Some(idx2), Some(permit));
                 }
                 match failed.take() {
-                    Some(_) => return (done, Some(idx2), Some(permit)),
+                    Some(f) => {
+                        f.judge(cluster);
+                        return (done, Some(idx2), Some(permit));
+                    }
                     None => failed = Some(done),
                 }
             }
@@ -342,17 +483,16 @@ fn outcome_of(status: StatusCode) -> Outcome {
     }
 }
 
-/// Records one finished attempt: the endpoint's latency (for the balancer), its outlier record
-/// (waking the health task when a threshold was just crossed), metrics, and the cluster's latency
-/// histogram (for hedging). A failure on the client's side says nothing about the endpoint and is
-/// not recorded.
+/// Records one finished attempt in the endpoint's stats (latency, for the balancer), the metrics
+/// and the cluster's latency histogram (for hedging), and returns what it says about the endpoint
+/// for outlier detection (`judge`), or `None` when it was the client's fault.
 fn record(
     cluster: &Cluster,
     ep: &Endpoint,
     result: &Result<Sent, Failed>,
     rtt: Duration,
     now: Instant,
-) {
+) -> Option<Outcome> {
     let outcome = match result {
         Ok(sent) => {
             let status = sent.response.status();
@@ -365,7 +505,7 @@ fn record(
             crate::metrics::upstream_failure(&cluster.name, f.error.flag());
             Outcome::LocalFailure
         }
-        Err(_) => return,
+        Err(_) => return None,
     };
     if outcome == Outcome::Success {
         ep.stats.record_success(rtt, now);
@@ -378,6 +518,12 @@ fn record(
     } else {
         ep.stats.record_failure(rtt, now);
     }
+    Some(outcome)
+}
+
+/// Counts an outcome in the endpoint's outlier record, waking the health task when a threshold
+/// was just crossed.
+fn judge(cluster: &Cluster, ep: &Endpoint, outcome: Outcome, rtt: Duration, now: Instant) {
     if let Some(cfg) = &cluster.health.outlier
         && ep.health.record(cfg, outcome, rtt, now)
     {

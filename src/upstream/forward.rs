@@ -24,10 +24,12 @@ use crate::{
     error::ProxyError,
 };
 
-/// An upstream response body: our HTTP/1.1 client's, or hyper's for HTTP/2.
+/// An upstream response body: our HTTP/1.1 client's, hyper's for HTTP/2, or one read whole
+/// already (a small response buffered so that a reset mid-body could still be retried).
 pub enum UpstreamBody {
     H1(ResponseBody),
     H2(Incoming),
+    Buffered(bytes::Bytes),
 }
 
 /// A response head and its body, still on the upstream connection.

@@ -32,6 +32,8 @@ pub struct RetryPolicy {
     pub non_idempotent: bool,
     /// Request bodies up to this size are buffered so they can be sent again.
     pub replay_buffer_bytes: u64,
+    /// Responses up to this size are read whole while a retry is possible (0: never).
+    pub response_buffer_bytes: u64,
 }
 
 /// What went wrong with one attempt.
@@ -55,6 +57,7 @@ impl RetryPolicy {
             max_retry_after: c.max_retry_after.get(),
             non_idempotent: c.non_idempotent,
             replay_buffer_bytes: c.replay_buffer_bytes as u64,
+            response_buffer_bytes: c.response_buffer_bytes as u64,
         }
     }
 

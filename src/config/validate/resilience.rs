@@ -244,11 +244,16 @@ pub(super) fn check_route(d: &mut Diagnostics, p: &str, r: &RouteConfig) {
             ),
         );
     }
-    if rt.replay_buffer_bytes > 16 * 1024 * 1024 {
-        d.error(
-            format!("{rp}.replay_buffer_bytes"),
-            "at most 16 MiB (every retried request may hold this much)",
-        );
+    for (key, v) in [
+        ("replay_buffer_bytes", rt.replay_buffer_bytes),
+        ("response_buffer_bytes", rt.response_buffer_bytes),
+    ] {
+        if v > 16 * 1024 * 1024 {
+            d.error(
+                format!("{rp}.{key}"),
+                "at most 16 MiB (every retried request may hold this much)",
+            );
+        }
     }
 
     if let Some(h) = &r.hedge {
