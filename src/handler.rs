@@ -362,13 +362,14 @@ async fn proxy(
     };
 
     // 4. Pick an endpoint and forward; retry or hedge what the policy allows.
+    // One clock read serves the retry budget's window, the route's deadline, the pool's idle
+    // check and the upstream's latency (the microseconds spent building the request count towards
+    // none of them).
+    let sent_at = Instant::now();
     let request_permit = cluster
         .limits
-        .admit_request()
+        .admit_request(sent_at)
         .map_err(|o| o.error(&cluster.name))?;
-    // One clock read serves the route's deadline, the pool's idle check and the upstream's
-    // latency (the microseconds spent building the request count towards none of them).
-    let sent_at = Instant::now();
     let plan = attempt::Plan {
         cluster,
         parts: &parts,

@@ -318,23 +318,24 @@ fn default_queue_timeout() -> Dur {
     Dur::secs(1)
 }
 
-/// `[clusters.NAME.retry_budget]`: retries and hedges in flight may be at most `percent` of the
-/// requests in flight (or `min_concurrency`, whichever is larger). On by default, so retries can
-/// never multiply an overload.
+/// `[clusters.NAME.retry_budget]`: retries and hedges may be at most `percent` of the cluster's
+/// requests over the last 10 seconds, plus `min_per_second`. On by default, so retries can never
+/// multiply an overload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetryBudgetConfig {
     #[serde(default = "default_budget_percent")]
     pub percent: u32,
-    #[serde(default = "default_min_concurrency")]
-    pub min_concurrency: u32,
+    /// Retries allowed per second whatever the traffic, so a quiet cluster can still retry.
+    #[serde(default = "default_min_per_second")]
+    pub min_per_second: u32,
 }
 
 impl Default for RetryBudgetConfig {
     fn default() -> Self {
         Self {
             percent: default_budget_percent(),
-            min_concurrency: default_min_concurrency(),
+            min_per_second: default_min_per_second(),
         }
     }
 }
@@ -342,10 +343,7 @@ impl Default for RetryBudgetConfig {
 fn default_budget_percent() -> u32 {
     20
 }
-fn default_min_concurrency() -> u32 {
-    // Envoy's is 3, which refuses retries in the very first burst after one endpoint of three
-    // fails (a third of the requests in flight need one at once); 10 concurrent retries cannot
-    // amount to a storm, and the percentage governs above that.
+fn default_min_per_second() -> u32 {
     10
 }
 

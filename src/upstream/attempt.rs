@@ -183,7 +183,7 @@ pub async fn run(
                     }
                     tokio::time::sleep(wait).await;
                 }
-                let Ok(permit) = cluster.limits.admit_retry() else {
+                let Ok(permit) = cluster.limits.admit_retry(Instant::now()) else {
                     crate::metrics::retry(&cluster.name, "retry", "budget_exhausted");
                     tracing::debug!(cluster = %cluster.name, "retry not made: over budget");
                     return answer(cluster, prev, retry_permit, attempt - 1);
@@ -421,7 +421,7 @@ async fn hedged(
         done = &mut first => return (done, None, None),
         () = tokio::time::sleep(delay) => {}
     }
-    let Ok(permit) = cluster.limits.admit_retry() else {
+    let Ok(permit) = cluster.limits.admit_retry(Instant::now()) else {
         crate::metrics::retry(&cluster.name, "hedge", "budget_exhausted");
         return (first.await, None, None);
     };

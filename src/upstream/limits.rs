@@ -1,7 +1,7 @@
-//! `Limits`: a cluster's concurrency caps and its retry budget, the "fail fast" half of failure
-//! handling. A request over a cap is answered 503 at once instead of queueing behind a struggling
-//! cluster (Envoy's circuit-breaker thresholds); a retry or hedge beyond the budget is simply not
-//! made, so retries can never multiply an overload. Upstream connections are capped too: a
+//! `Limits`: a cluster's concurrency caps and its retry budget (`budget.rs`), the "fail fast" half
+//! of failure handling. A request over a cap is answered 503 at once instead of queueing behind a
+//! struggling cluster (Envoy's circuit-breaker thresholds); a retry or hedge beyond the budget or
+//! `max_retries` is simply not made, so retries can never multiply an overload. Upstream connections are capped too: a
 //! request that needs a new connection when all are taken waits, as one of at most `max_pending`,
 //! up to `queue_timeout` (HAProxy's `maxconn` + `maxqueue` + `timeout queue`).
 //!
@@ -15,10 +15,12 @@ use std::{
         Arc,
         atomic::{AtomicU32, AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::budget::RetryBudget;
 
 use crate::config::{LimitsConfig, RetryBudgetConfig};
 
@@ -29,7 +31,7 @@ pub enum Overflow {
     Requests,
     /// `limits.max_retries`.
     Retries,
-    /// The retry budget (`retry_budget.percent` of requests in flight).
+    /// The retry budget (`retry_budget.percent` of recent requests).
     Budget,
     /// `limits.max_pending`: too many requests already wait for a connection.
     Pending,
@@ -67,8 +69,9 @@ struct Live {
 pub struct Limits {
     pub max_requests: u32,
     pub max_retries: u32,
-    pub budget_percent: u32,
-    pub budget_min: u32,
+    pub budget: RetryBudget,
+    /// The budget's clock starts here.
+    epoch: Instant,
     pub max_connections: u32,
     pub max_pending: u32,
     pub queue_timeout: Duration,
@@ -122,8 +125,8 @@ impl Limits {
         Self {
             max_requests: limits.max_requests,
             max_retries: limits.max_retries,
-            budget_percent: budget.percent,
-            budget_min: budget.min_concurrency,
+            budget: RetryBudget::new(budget.percent, budget.min_per_second),
+            epoch: Instant::now(),
             max_connections: limits.max_connections,
             max_pending: limits.max_pending,
             queue_timeout: limits.queue_timeout.get(),
@@ -190,9 +193,15 @@ impl Limits {
         self.max_connections.saturating_sub(free)
     }
 
-    /// A slot for one request to the cluster, held until its response ends.
-    pub fn admit_request(&self) -> Result<Permit, Overflow> {
+    fn second(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    /// A slot for one request to the cluster, held until its response ends; it also counts
+    /// towards the retry budget.
+    pub fn admit_request(&self, now: Instant) -> Result<Permit, Overflow> {
         if take(&self.live.requests, self.max_requests) {
+            self.budget.request(self.second(now));
             Ok(Permit {
                 live: Arc::clone(&self.live),
                 retry: false,
@@ -203,27 +212,21 @@ impl Limits {
         }
     }
 
-    /// A slot for one retry or hedge: within both `max_retries` and the budget, which allows
-    /// `budget_percent` of the requests in flight, or `budget_min`, whichever is more (so a quiet
-    /// cluster can still retry at all).
-    pub fn admit_retry(&self) -> Result<Permit, Overflow> {
-        let in_flight = u64::from(self.live.requests.load(Ordering::Acquire));
-        let budget = (in_flight * u64::from(self.budget_percent) / 100)
-            .max(u64::from(self.budget_min))
-            .min(u64::from(u32::MAX)) as u32;
-        let cap = budget.min(self.max_retries);
-        if take(&self.live.retries, cap) {
-            Ok(Permit {
-                live: Arc::clone(&self.live),
-                retry: true,
-            })
+    /// A slot for one retry or hedge: within `max_retries` in flight and the retry budget.
+    pub fn admit_retry(&self, now: Instant) -> Result<Permit, Overflow> {
+        if !take(&self.live.retries, self.max_retries) {
+            self.live.overflows.fetch_add(1, Ordering::Relaxed);
+            return Err(Overflow::Retries);
+        }
+        let permit = Permit {
+            live: Arc::clone(&self.live),
+            retry: true,
+        };
+        if self.budget.try_retry(self.second(now)) {
+            Ok(permit)
         } else {
             self.live.overflows.fetch_add(1, Ordering::Relaxed);
-            Err(if budget <= self.max_retries {
-                Overflow::Budget
-            } else {
-                Overflow::Retries
-            })
+            Err(Overflow::Budget)
         }
     }
 
@@ -264,7 +267,7 @@ mod tests {
             },
             &RetryBudgetConfig {
                 percent,
-                min_concurrency: min,
+                min_per_second: min,
             },
         )
     }
@@ -272,44 +275,30 @@ mod tests {
     #[test]
     fn requests_are_capped_and_permits_give_slots_back() {
         let l = limits(2, 10, 20, 3);
-        let a = l.admit_request().unwrap();
-        let _b = l.admit_request().unwrap();
-        assert_eq!(l.admit_request().unwrap_err(), Overflow::Requests);
+        let now = Instant::now();
+        let a = l.admit_request(now).unwrap();
+        let _b = l.admit_request(now).unwrap();
+        assert_eq!(l.admit_request(now).unwrap_err(), Overflow::Requests);
         drop(a);
-        assert!(l.admit_request().is_ok());
+        assert!(l.admit_request(now).is_ok());
         assert_eq!(l.overflows(), 1);
     }
 
     #[test]
-    fn the_budget_is_a_share_of_requests_in_flight_with_a_floor() {
-        let l = limits(1000, 1000, 20, 3);
-        // Quiet cluster: the floor of 3 applies.
-        let r: Vec<_> = (0..3).map(|_| l.admit_retry().unwrap()).collect();
-        assert_eq!(l.admit_retry().unwrap_err(), Overflow::Budget);
-        drop(r);
-        // 50 requests in flight: 20% = 10 retries.
-        let _reqs: Vec<_> = (0..50).map(|_| l.admit_request().unwrap()).collect();
-        let r: Vec<_> = (0..10).map(|_| l.admit_retry().unwrap()).collect();
-        assert_eq!(l.admit_retry().unwrap_err(), Overflow::Budget);
-        assert_eq!(l.retries(), 10);
-        drop(r);
+    fn retries_need_both_a_slot_and_budget() {
+        let now = Instant::now();
+        // Budget: 0% and no floor: nothing, whatever the slots.
+        let l = limits(1000, 10, 0, 0);
+        let _r = l.admit_request(now).unwrap();
+        assert_eq!(l.admit_retry(now).unwrap_err(), Overflow::Budget);
+        assert_eq!(l.retries(), 0, "a refused retry gives its slot back");
+        // Plenty of budget, two slots.
+        let l = limits(1000, 2, 100, 100);
+        let held: Vec<_> = (0..2).map(|_| l.admit_retry(now).unwrap()).collect();
+        assert_eq!(l.admit_retry(now).unwrap_err(), Overflow::Retries);
+        drop(held);
         assert_eq!(l.retries(), 0);
-    }
-
-    #[test]
-    fn max_retries_caps_below_the_budget() {
-        let l = limits(1000, 2, 50, 3);
-        let _reqs: Vec<_> = (0..100).map(|_| l.admit_request().unwrap()).collect();
-        let _r: Vec<_> = (0..2).map(|_| l.admit_retry().unwrap()).collect();
-        assert_eq!(l.admit_retry().unwrap_err(), Overflow::Retries);
-    }
-
-    #[test]
-    fn a_zero_percent_budget_leaves_only_the_floor() {
-        let l = limits(1000, 1000, 0, 1);
-        let _reqs: Vec<_> = (0..500).map(|_| l.admit_request().unwrap()).collect();
-        let _r = l.admit_retry().unwrap();
-        assert!(l.admit_retry().is_err());
+        assert!(l.admit_retry(now).is_ok());
     }
 
     #[derive(Debug, Clone)]
@@ -321,37 +310,29 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the interleaving, retries in flight never exceed max(min, percent × requests
-        /// in flight at admission) nor max_retries, and requests never exceed max_requests.
+        /// Whatever the interleaving, requests in flight never exceed max_requests and retries
+        /// in flight never exceed max_retries, and the counts match the permits held.
         #[test]
-        fn caps_and_budget_are_never_exceeded(
+        fn caps_are_never_exceeded(
             max_requests in 1u32..50,
             max_retries in 0u32..20,
-            percent in 0u32..=100,
-            min in 0u32..5,
             ops in prop::collection::vec(prop_oneof![
                 Just(Op::Request), Just(Op::Retry),
                 (0usize..64).prop_map(Op::DropRequest), (0usize..64).prop_map(Op::DropRetry),
             ], 0..200),
         ) {
-            let l = limits(max_requests, max_retries, percent, min);
+            let l = limits(max_requests, max_retries, 100, 1000);
+            let now = Instant::now();
             let (mut reqs, mut retries) = (Vec::new(), Vec::new());
             for op in ops {
                 match op {
-                    Op::Request => if let Ok(p) = l.admit_request() { reqs.push(p) },
-                    Op::Retry => {
-                        let allowed = (u64::from(l.requests()) * u64::from(percent) / 100)
-                            .max(u64::from(min)).min(u64::from(max_retries));
-                        let before = l.retries();
-                        match l.admit_retry() {
-                            Ok(p) => { prop_assert!(u64::from(before) < allowed); retries.push(p) }
-                            Err(_) => prop_assert!(u64::from(before) >= allowed),
-                        }
-                    }
+                    Op::Request => if let Ok(p) = l.admit_request(now) { reqs.push(p) },
+                    Op::Retry => if let Ok(p) = l.admit_retry(now) { retries.push(p) },
                     Op::DropRequest(i) => if !reqs.is_empty() { drop(reqs.swap_remove(i % reqs.len())); },
                     Op::DropRetry(i) => if !retries.is_empty() { drop(retries.swap_remove(i % retries.len())); },
                 }
                 prop_assert!(l.requests() <= max_requests);
+                prop_assert!(l.retries() <= max_retries);
                 prop_assert_eq!(l.requests() as usize, reqs.len());
                 prop_assert_eq!(l.retries() as usize, retries.len());
             }

@@ -1,7 +1,7 @@
 //! The upstream side: clusters of endpoints, choosing one, connecting, pooling, sending.
 //!
 //! In request order: `cluster` (the runtime cluster and its endpoints) → `attempt` (the loop of
-//! attempts: pick, send, record, retry or hedge) → `limits` (caps and the retry budget) → `priority` (which tiers and zones take traffic, from health) and `slow_start` →
+//! attempts: pick, send, record, retry or hedge) → `limits` (caps) with `budget` (the retry budget) → `priority` (which tiers and zones take traffic, from health) and `slow_start` →
 //! `balancer` (which endpoint) → `forward` (send on a pooled or fresh connection) → `retry` (whether
 //! a failed attempt deserves another) with `replay` (a request body a retry can send again) → `http1` (our HTTP/1.1 client) → `connect` (open a
 //! connection) → `pool` (keep them);
@@ -10,6 +10,7 @@
 
 pub mod attempt;
 pub mod balancer;
+pub mod budget;
 pub mod cluster;
 pub mod connect;
 pub mod dns;
