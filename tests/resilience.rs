@@ -1160,3 +1160,92 @@ health_check = {{ {FAST_PROBES} }}
     .into();
     assert!(!states.contains("healthy"), "{states:?}");
 }
+
+// ---- 13. hedging ----
+
+/// Two upstreams, one hanging; the route hedges after 30 ms and has no per-try timeout, so without
+/// hedging every request sent to the hanging one would wait for the route's `timeout`.
+async fn hedged_pair(name: &str, timeout: &str) -> (Proxy, ChaosUpstream, ChaosUpstream) {
+    let ok = chaos("ok").await;
+    let hung = chaos("hung").await;
+    set(&hung, Fault::Hang).await;
+    let proxy = Proxy::start_logged(&format!(
+        r#"
+[[routes]]
+name = "all"
+cluster = "{name}"
+timeout = "{timeout}"
+hedge = {{ delay = "30ms" }}
+[routes.match]
+path_prefix = "/"
+
+[clusters.{name}]
+balance = "round_robin"
+endpoints = {}
+connect_timeout = "200ms"
+retry_budget = {{ percent = 100, min_per_second = 100 }}
+"#,
+        addrs(&[&ok, &hung])
+    ))
+    .await;
+    (proxy, ok, hung)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_answers_for_a_hanging_endpoint_and_the_lost_attempts_eject_it() {
+    let (proxy, _ok, hung) = hedged_pair("hedged", "3s").await;
+
+    let t0 = Instant::now();
+    let l = load(&proxy.url("/"), 4, 10).await;
+    let took = t0.elapsed();
+
+    assert!(l.errors.is_empty(), "{:?}", l.errors);
+    // 40 requests, about half first sent to the hanging endpoint: without hedges at least one
+    // would take the 3 s route timeout.
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    let won = metric(
+        &proxy,
+        "palisade_retries_total",
+        &[
+            ("cluster", "hedged"),
+            ("kind", "hedge"),
+            ("outcome", "succeeded"),
+        ],
+    )
+    .await;
+    assert!(won >= 1.0, "no hedge answered");
+    // Each cancelled attempt counted as a timeout against the hanging endpoint.
+    assert_taken_out(&proxy, "hedged", &hung).await;
+}
+
+#[tokio::test]
+async fn a_post_is_never_hedged() {
+    let (proxy, _ok, hung) = hedged_pair("unhedged", "500ms").await;
+    // Round robin starts somewhere; send until a POST lands on the hanging endpoint.
+    let c = client();
+    let mut saw_timeout = false;
+    for _ in 0..4 {
+        let r = send(c.post(proxy.url("/")).body("x")).await;
+        if r.status == 504 {
+            saw_timeout = true;
+            break;
+        }
+        assert_eq!(r.status, 200);
+    }
+    assert!(
+        saw_timeout,
+        "a POST to the hanging endpoint must wait for the route timeout"
+    );
+    assert!(hung.requests() >= 1);
+    let hedges = metric(
+        &proxy,
+        "palisade_retries_total",
+        &[
+            ("cluster", "unhedged"),
+            ("kind", "hedge"),
+            ("outcome", "attempted"),
+        ],
+    )
+    .await;
+    assert_eq!(hedges, 0.0);
+}

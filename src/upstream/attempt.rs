@@ -415,6 +415,7 @@ async fn hedged(
     tried: &[usize],
 ) -> (Tried, Option<usize>, Option<Permit>) {
     let cluster = plan.cluster;
+    let first_endpoint = Arc::clone(&endpoint);
     let first = one(plan, idx, endpoint, ProxyBody::empty(), sent_at);
     tokio::pin!(first);
     tokio::select! {
@@ -457,8 +458,19 @@ async fn hedged(
             done = &mut second, if failed.as_ref().is_none_or(|f| f.idx != idx2) => {
                 if good(plan.policy, &done.result) {
                     crate::metrics::retry(&cluster.name, "hedge", "succeeded");
-                    if let Some(f) = failed.take() {
-                        f.judge(cluster);
+                    match failed.take() {
+                        Some(f) => f.judge(cluster),
+                        None => {
+                            // The first attempt is cancelled unanswered after the hedge delay and
+                            // longer than a whole exchange elsewhere: count it as a timeout
+                            // against its endpoint. Otherwise a hung or slow endpoint would never
+                            // be seen (its attempts always cancelled) and would keep costing a
+                            // hedge per request.
+                            let now = Instant::now();
+                            let waited = now.saturating_duration_since(sent_at);
+                            first_endpoint.stats.record_failure(waited, now);
+                            judge(cluster, &first_endpoint, Outcome::LocalFailure, waited, now);
+                        }
                     }
                     return (done, Some(idx2), Some(permit));
                 }
