@@ -197,6 +197,12 @@ path_prefix = "/"
 attempts = 3
 per_try_timeout = "1s"
 
+# GETs are idempotent: a request the upstream has not answered by the cluster's p95 (at least
+# 5 ms) gets a second attempt elsewhere, and the first answer wins (nginx and HAProxy have no
+# equivalent). Charged to the retry budget.
+[routes.hedge]
+delay = "p95"
+
 # peak_ewma balancing, outlier detection and the retry budget are on by default.
 [clusters.up]
 endpoints = ["$a1", "$a2", "$a3"]

@@ -731,15 +731,16 @@ endpoints = ["{}"]
     .await;
     let backends = [refused, hang.addr(), garbage.addr(), reset.addr()];
 
-    for (path, status) in [
-        ("/refused", 502),
-        ("/hang", 504),
-        ("/garbage", 502),
-        ("/reset", 502),
+    for (path, statuses) in [
+        // 503 once the only endpoint is ejected and a request reached none at all.
+        ("/refused", &[502, 503][..]),
+        ("/hang", &[504][..]),
+        ("/garbage", &[502][..]),
+        ("/reset", &[502][..]),
     ] {
         for accept in ["text/html", "application/json"] {
             let r = get_with(&proxy.url(path), &[("accept", accept)]).await;
-            assert_eq!(r.status, status, "{path}");
+            assert!(statuses.contains(&r.status), "{path}: {}", r.status);
             let mut everything = r.text();
             for (k, v) in &r.headers {
                 everything.push_str(&format!("\n{k}: {}", v.to_str().unwrap_or("")));

@@ -209,7 +209,12 @@ pub async fn run(
             .hedge
             .filter(|_| attempt == 1 && plan.idempotent && matches!(payload, Payload::Empty))
             .and_then(|h| h.delay(&cluster.latency));
-        let done = match hedge {
+        // While another attempt could follow a reset, small responses are read whole before the
+        // client sees them.
+        let buffer = attempt < policy.attempts
+            && policy.wants(Failure::Error(&ProxyError::UpstreamReset), plan.idempotent)
+            && payload.replayable();
+        let mut done = match hedge {
             Some(delay) => {
                 let (done, second, permit) =
                     hedged(plan, (idx, endpoint), delay, sent_at, &tried[..n_tried]).await;
@@ -222,20 +227,11 @@ pub async fn run(
                 }
                 done
             }
-            None => {
-                // While another attempt could follow a reset, small responses are read whole
-                // before the client sees them.
-                let buffer = attempt < policy.attempts
-                    && policy.wants(Failure::Error(&ProxyError::UpstreamReset), plan.idempotent)
-                    && payload.replayable();
-                let body = payload.for_attempt();
-                let mut done = one(plan, idx, endpoint, body, sent_at).await;
-                if buffer {
-                    done = read_whole(plan, done).await;
-                }
-                done
-            }
+            None => one(plan, idx, endpoint, payload.for_attempt(), sent_at).await,
         };
+        if buffer {
+            done = read_whole(plan, done).await;
+        }
 
         if good(policy, &done.result) {
             if attempt > 1 {
