@@ -168,6 +168,7 @@ pub async fn run(
     let mut n_tried = 0;
     let mut attempt = 1u32;
     let mut retry_permit = None;
+    let mut retried = false;
     // The last failed attempt, and the wait it asks for before its endpoint is tried again.
     let mut failed: Option<(Tried, Duration)> = None;
     loop {
@@ -190,6 +191,7 @@ pub async fn run(
                 };
                 crate::metrics::retry(&cluster.name, "retry", "attempted");
                 retry_permit = Some(permit);
+                retried = true;
                 // A one-shot body that came back unsent can go again; a replayable one needs
                 // nothing.
                 if let Err(f) = prev.result
@@ -234,7 +236,8 @@ pub async fn run(
         }
 
         if good(policy, &done.result) {
-            if attempt > 1 {
+            // (A hedge that answered is counted as the hedge's success, in `hedged`.)
+            if retried {
                 crate::metrics::retry(&cluster.name, "retry", "succeeded");
             }
             return answer(cluster, done, retry_permit, attempt);
