@@ -10,6 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use http::{StatusCode, request::Parts};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
@@ -218,8 +219,15 @@ pub async fn run(
             && payload.replayable();
         let mut done = match hedge {
             Some(delay) => {
-                let (done, second, permit) =
-                    hedged(plan, (idx, endpoint), delay, sent_at, &tried[..n_tried]).await;
+                // Boxed: two attempts in one future are large, and most requests never hedge.
+                let (done, second, permit) = Box::pin(hedged(
+                    plan,
+                    (idx, endpoint),
+                    delay,
+                    sent_at,
+                    &tried[..n_tried],
+                ))
+                .await;
                 if let Some(i) = second {
                     remember(&mut tried, &mut n_tried, i);
                     attempt += 1;
@@ -232,7 +240,7 @@ pub async fn run(
             None => one(plan, idx, endpoint, payload.for_attempt(), sent_at).await,
         };
         if buffer {
-            done = read_whole(plan, done).await;
+            read_whole(plan, &mut done).await;
         }
 
         if good(policy, &done.result) {
@@ -366,40 +374,42 @@ async fn one(
 /// Reads a small HTTP/1.1 response's body whole, so that a failure mid-body becomes a failed
 /// attempt (retried) instead of a cut response. Only a good answer with a `Content-Length` up to
 /// `response_buffer_bytes` qualifies; a body that usually arrived with its head costs no wait.
-async fn read_whole(plan: &Plan<'_>, mut done: Tried) -> Tried {
+async fn read_whole(plan: &Plan<'_>, done: &mut Tried) {
     let limit = plan.policy.response_buffer_bytes;
-    let fits = match &done.result {
-        Ok(sent) if good(plan.policy, &done.result) => match sent.response.body() {
-            UpstreamBody::H1(b) => b.size_hint().exact().is_some_and(|n| n > 0 && n <= limit),
-            _ => false,
-        },
-        _ => false,
+    let good = good(plan.policy, &done.result);
+    // In place: only the body moves, not the whole response (this runs for most requests).
+    let Ok(sent) = &mut done.result else {
+        return;
     };
+    let fits = good
+        && matches!(sent.response.body(),
+            UpstreamBody::H1(b) if b.size_hint().exact().is_some_and(|n| n > 0 && n <= limit));
     if !fits {
-        return done;
+        return;
     }
-    let Ok(sent) = done.result else {
-        return done;
+    let UpstreamBody::H1(body) = std::mem::replace(
+        sent.response.body_mut(),
+        UpstreamBody::Buffered(Bytes::new()),
+    ) else {
+        return;
     };
-    let (parts, body) = sent.response.into_parts();
-    let body = crate::body::ProxyBody::upstream(body, plan.cluster.body_idle_timeout);
-    done.result = match body.collect().await {
-        Ok(c) => Ok(Sent {
-            response: http::Response::from_parts(parts, UpstreamBody::Buffered(c.to_bytes())),
-        }),
-        Err(e) => {
-            let error = match e {
-                crate::body::BodyError::Idle => ProxyError::UpstreamTimeout,
-                crate::body::BodyError::Peer(_) => ProxyError::UpstreamReset,
-            };
-            // The head counted as an answer; the attempt failed after all.
-            done.endpoint.stats.record_failure(done.rtt, Instant::now());
-            crate::metrics::upstream_failure(&plan.cluster.name, error.flag());
-            done.outcome = Some((Outcome::LocalFailure, Instant::now()));
-            Err(Failed { error, body: None })
+    // Read straight off the connection (no `ProxyBody` around it): usually the body is already
+    // in the read buffer and this is one poll. The cluster's body-idle limit bounds the wait.
+    let read = tokio::time::timeout(plan.cluster.body_idle_timeout, body.collect()).await;
+    let error = match read {
+        Ok(Ok(c)) => {
+            *sent.response.body_mut() = UpstreamBody::Buffered(c.to_bytes());
+            return;
         }
+        Ok(Err(_)) => ProxyError::UpstreamReset,
+        Err(_) => ProxyError::UpstreamTimeout,
     };
-    done
+    // The head counted as an answer; the attempt failed after all.
+    let now = Instant::now();
+    done.endpoint.stats.record_failure(done.rtt, now);
+    crate::metrics::upstream_failure(&plan.cluster.name, error.flag());
+    done.outcome = Some((Outcome::LocalFailure, now));
+    done.result = Err(Failed { error, body: None });
 }
 
 /// The first attempt, and after `delay` without an answer a second one to another endpoint (if
