@@ -1249,3 +1249,84 @@ async fn a_post_is_never_hedged() {
     .await;
     assert_eq!(hedges, 0.0);
 }
+
+// ---- 14. connection caps and the queue ----
+
+/// One connection allowed, held by a hanging request: the next request waits in the queue and gives
+/// up after `queue_timeout` with 503 UO; one more while the queue is full is refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waits_for_a_connection_then_gives_up_and_a_full_queue_refuses_at_once() {
+    let up = chaos("one-conn").await;
+    set(&up, Fault::Hang).await;
+    let proxy = Proxy::start_logged(&format!(
+        r#"
+[[routes]]
+name = "all"
+cluster = "queued"
+timeout = "3s"
+retry = {{ attempts = 1 }}
+[routes.match]
+path_prefix = "/"
+
+[clusters.queued]
+endpoints = {}
+limits = {{ max_connections = 1, max_pending = 1, queue_timeout = "300ms" }}
+"#,
+        addrs(&[&up])
+    ))
+    .await;
+    let url = proxy.url("/");
+
+    // The only connection, held by a request that never gets an answer.
+    let holder = {
+        let url = url.clone();
+        tokio::spawn(async move { get(&url).await.status })
+    };
+    eventually(
+        "the first request to hold the connection",
+        support::STEP,
+        || async { up.requests() == 1 },
+    )
+    .await;
+
+    // The second waits in the queue.
+    let waiter = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let t0 = Instant::now();
+            let r = get_with(&url, &[("x-request-id", "queued-1")]).await;
+            (r.status, t0.elapsed())
+        })
+    };
+    eventually(
+        "the second request to wait for a connection",
+        support::STEP,
+        || async { proxy.admin_json("/clusters").await["clusters"][0]["limits"]["pending"] == 1 },
+    )
+    .await;
+
+    // The queue (one place) is full: the third is refused at once.
+    let t0 = Instant::now();
+    let third = get(&url).await;
+    assert_eq!(third.status, 503);
+    assert!(third.header("retry-after").is_some());
+    assert!(
+        t0.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        t0.elapsed()
+    );
+
+    let (status, waited) = waiter.await.unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(2),
+        "gave up after {waited:?}, queue_timeout is 300ms"
+    );
+    assert_eq!(
+        proxy.access_log_entry("queued-1").await["flags"],
+        "UO",
+        "our own queue timeout, not the endpoint's"
+    );
+    assert_eq!(up.requests(), 1, "only the holder reached the upstream");
+    holder.abort();
+}
