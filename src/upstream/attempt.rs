@@ -115,9 +115,10 @@ struct Tried {
 }
 
 impl Tried {
-    /// Counts the outcome against the endpoint now.
-    fn judge(&self, cluster: &Cluster) {
-        if let Some((outcome, at)) = self.outcome {
+    /// Counts the outcome against the endpoint now, once: a judged attempt that is later answered
+    /// to the client (a retry the budget refused) is not counted again.
+    fn judge(&mut self, cluster: &Cluster) {
+        if let Some((outcome, at)) = self.outcome.take() {
             judge(cluster, &self.endpoint, outcome, self.rtt, at);
         }
     }
@@ -271,6 +272,7 @@ pub async fn run(
             return answer(cluster, done, retry_permit, attempt);
         }
         // The failed attempt is answered for nothing else now: its outcome counts at once.
+        let mut done = done;
         done.judge(plan.cluster);
         failed = Some((done, backoff.max(retry_after.unwrap_or_default())));
         attempt += 1;
@@ -312,7 +314,7 @@ fn good(policy: &RetryPolicy, result: &Result<Sent, Failed>) -> bool {
 
 fn answer(
     cluster: &Cluster,
-    done: Tried,
+    mut done: Tried,
     retry: Option<Permit>,
     attempts: u32,
 ) -> Result<Answer, ProxyError> {
@@ -450,14 +452,14 @@ async fn hedged(
         tokio::select! {
             done = &mut first, if failed.as_ref().is_none_or(|f| f.idx != idx) => {
                 if good(plan.policy, &done.result) {
-                    if let Some(f) = failed.take() {
+                    if let Some(mut f) = failed.take() {
                         f.judge(cluster);
                     }
                     return (done, Some(idx2), Some(permit));
                 }
                 match failed.take() {
                     // Both failed: the later failure decides what happens next.
-                    Some(f) => {
+                    Some(mut f) => {
                         f.judge(cluster);
                         return (done, Some(idx2), Some(permit));
                     }
@@ -468,7 +470,7 @@ async fn hedged(
                 if good(plan.policy, &done.result) {
                     crate::metrics::retry(&cluster.name, "hedge", "succeeded");
                     match failed.take() {
-                        Some(f) => f.judge(cluster),
+                        Some(mut f) => f.judge(cluster),
                         None => {
                             // The first attempt is cancelled unanswered after the hedge delay and
                             // longer than a whole exchange elsewhere: count it as a timeout
@@ -484,7 +486,7 @@ async fn hedged(
                     return (done, Some(idx2), Some(permit));
                 }
                 match failed.take() {
-                    Some(f) => {
+                    Some(mut f) => {
                         f.judge(cluster);
                         return (done, Some(idx2), Some(permit));
                     }
