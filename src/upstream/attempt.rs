@@ -397,13 +397,13 @@ async fn read_whole(plan: &Plan<'_>, done: &mut Tried) {
     };
     // Read straight off the connection (no `ProxyBody` around it): usually the body is already
     // in the read buffer and this is one poll. The cluster's body-idle limit bounds the wait.
-    let read = tokio::time::timeout(plan.cluster.body_idle_timeout, body.collect()).await;
+    let read = tokio::time::timeout(plan.cluster.body_idle_timeout, read_all(body)).await;
     let error = match read {
-        Ok(Ok(c)) => {
-            *sent.response.body_mut() = UpstreamBody::Buffered(c.to_bytes());
+        Ok(Ok(bytes)) => {
+            *sent.response.body_mut() = UpstreamBody::Buffered(bytes);
             return;
         }
-        Ok(Err(_)) => ProxyError::UpstreamReset,
+        Ok(Err(())) => ProxyError::UpstreamReset,
         Err(_) => ProxyError::UpstreamTimeout,
     };
     // The head counted as an answer; the attempt failed after all.
@@ -412,6 +412,32 @@ async fn read_whole(plan: &Plan<'_>, done: &mut Tried) {
     crate::metrics::upstream_failure(&plan.cluster.name, error.flag());
     done.outcome = Some((Outcome::LocalFailure, now));
     done.result = Err(Failed { error, body: None });
+}
+
+/// A whole body: the one chunk as it came (the usual case: no copy, no list), or the chunks
+/// joined. Trailers cannot follow a `Content-Length` body, so there are none to keep.
+async fn read_all(mut body: crate::upstream::http1::ResponseBody) -> Result<Bytes, ()> {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(drop)?.into_data() else {
+            continue;
+        };
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(f), None) => {
+                let mut joined = bytes::BytesMut::with_capacity(f.len() + data.len());
+                joined.extend_from_slice(f);
+                joined.extend_from_slice(&data);
+                rest = Some(joined);
+            }
+            (Some(_), Some(r)) => r.extend_from_slice(&data),
+        }
+    }
+    Ok(match rest {
+        Some(r) => r.freeze(),
+        None => first.unwrap_or_default(),
+    })
 }
 
 /// The first attempt, and after `delay` without an answer a second one to another endpoint (if
