@@ -45,24 +45,8 @@ total_instructions() {
     admin=$(free_port)
     cfg=$WORK/palisade-$n.toml
     out=$WORK/callgrind-$n.out
-    cat >"$cfg" <<EOF
-[admin]
-listen = "127.0.0.1:$admin"
-[runtime]
-workers = 1
-[log]
-level = "warn"
-[access_log]
-enabled = false
-[listeners.bench]
-listen = "127.0.0.1:$port"
-[[routes]]
-name = "all"
-match = { path_prefix = "/" }
-cluster = "up"
-[clusters.up]
-endpoints = ["$upstream"]
-EOF
+    # The same Palisade config compare.sh uses (lib.sh), pointed at the chaos upstream.
+    write_palisade_conf "$cfg" "$port" "$admin" "${upstream##*:}" 10000
     valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" run -c "$cfg" \
         >"$WORK/valgrind-$n.log" 2>&1 &
     pid=$!

@@ -473,52 +473,47 @@ async fn hedged(
     crate::metrics::retry(&cluster.name, "hedge", "attempted");
     let second = one(plan, idx2, ep2, ProxyBody::empty(), Instant::now());
     tokio::pin!(second);
+    // The attempt that failed while the other was still running, if one did.
     let mut failed: Option<Tried> = None;
+    let (mut first_live, mut second_live) = (true, true);
     loop {
-        tokio::select! {
-            done = &mut first, if failed.as_ref().is_none_or(|f| f.idx != idx) => {
-                if good(plan.policy, &done.result) {
-                    if let Some(mut f) = failed.take() {
-                        f.judge(cluster);
-                    }
-                    return (done, Some(idx2), Some(permit));
-                }
-                match failed.take() {
-                    // Both failed: the later failure decides what happens next.
-                    Some(mut f) => {
-                        f.judge(cluster);
-                        return (done, Some(idx2), Some(permit));
-                    }
-                    None => failed = Some(done),
-                }
+        let (done, is_hedge) = tokio::select! {
+            d = &mut first, if first_live => (d, false),
+            d = &mut second, if second_live => (d, true),
+        };
+        if is_hedge {
+            second_live = false;
+        } else {
+            first_live = false;
+        }
+        if good(plan.policy, &done.result) {
+            if is_hedge {
+                crate::metrics::retry(&cluster.name, "hedge", "succeeded");
             }
-            done = &mut second, if failed.as_ref().is_none_or(|f| f.idx != idx2) => {
-                if good(plan.policy, &done.result) {
-                    crate::metrics::retry(&cluster.name, "hedge", "succeeded");
-                    match failed.take() {
-                        Some(mut f) => f.judge(cluster),
-                        None => {
-                            // The first attempt is cancelled unanswered after the hedge delay and
-                            // longer than a whole exchange elsewhere: count it as a timeout
-                            // against its endpoint. Otherwise a hung or slow endpoint would never
-                            // be seen (its attempts always cancelled) and would keep costing a
-                            // hedge per request.
-                            let now = Instant::now();
-                            let waited = now.saturating_duration_since(sent_at);
-                            first_endpoint.stats.record_failure(waited, now);
-                            judge(cluster, &first_endpoint, Outcome::LocalFailure, waited, now);
-                        }
-                    }
-                    return (done, Some(idx2), Some(permit));
+            match failed.take() {
+                Some(mut f) => f.judge(cluster),
+                None if is_hedge => {
+                    // The first attempt is cancelled unanswered after the hedge delay and longer
+                    // than a whole exchange elsewhere: count it as a timeout against its
+                    // endpoint. Otherwise a hung or slow endpoint would never be seen (its
+                    // attempts always cancelled) and would keep costing a hedge per request.
+                    let now = Instant::now();
+                    let waited = now.saturating_duration_since(sent_at);
+                    first_endpoint.stats.record_failure(waited, now);
+                    judge(cluster, &first_endpoint, Outcome::LocalFailure, waited, now);
                 }
-                match failed.take() {
-                    Some(mut f) => {
-                        f.judge(cluster);
-                        return (done, Some(idx2), Some(permit));
-                    }
-                    None => failed = Some(done),
-                }
+                // A hedge that loses is not counted: it had less time.
+                None => {}
             }
+            return (done, Some(idx2), Some(permit));
+        }
+        match failed.take() {
+            // Both failed: the later failure decides what happens next.
+            Some(mut f) => {
+                f.judge(cluster);
+                return (done, Some(idx2), Some(permit));
+            }
+            None => failed = Some(done),
         }
     }
 }
