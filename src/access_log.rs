@@ -4,9 +4,10 @@
 //! non-blocking writer), so a slow disk or a stalled stdout never stalls a worker; lines dropped under
 //! such pressure are counted by tracing-appender. This module owns the line's fields and the writer.
 
-use std::{fs::OpenOptions, io::Write, net::IpAddr, time::SystemTime};
+use std::{collections::BTreeMap, fs::OpenOptions, io::Write, net::IpAddr, time::SystemTime};
 
-use serde::Serialize;
+use http::{HeaderMap, HeaderName};
+use serde::{Deserialize, Serialize};
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
 use crate::config::AccessLogConfig;
@@ -21,7 +22,13 @@ pub struct Entry {
     pub listener: String,
     pub method: String,
     pub host: String,
+    /// The path as routed: without the query (routes never look at it).
     pub path: String,
+    /// The request's values of the headers some route of the serving config matches on, so that
+    /// `palisade validate --replay` can re-route the line; omitted when there are none (and always
+    /// when no route matches on headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_headers: Option<Box<MatchHeaders>>,
     pub protocol: &'static str,
     pub status: u16,
     pub bytes_in: u64,
@@ -35,6 +42,50 @@ pub struct Entry {
     pub attempts: u32,
     /// Envoy-style response flags, comma-separated; "-" when none.
     pub flags: String,
+}
+
+/// Lowercase header name → its value(s), as logged in `match_headers`.
+pub type MatchHeaders = BTreeMap<String, LoggedValues>;
+
+/// One header's values: a plain string in the usual case of one line, an array when the request
+/// repeated the header (a route matches if *some* value does, so all are kept). A value that is
+/// not UTF-8 is logged lossily (U+FFFD), so it may not replay exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LoggedValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl LoggedValues {
+    pub fn as_slice(&self) -> &[String] {
+        match self {
+            Self::One(v) => std::slice::from_ref(v),
+            Self::Many(v) => v,
+        }
+    }
+}
+
+/// The `match_headers` field for a request: the values of `names` it carries. `None` without
+/// allocating when `names` is empty (no route matches on headers) or the request has none of them.
+pub fn match_headers(headers: &HeaderMap, names: &[HeaderName]) -> Option<Box<MatchHeaders>> {
+    let mut out: Option<Box<MatchHeaders>> = None;
+    for name in names {
+        let mut values = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let Some(first) = values.next() else {
+            continue;
+        };
+        let logged = match values.next() {
+            None => LoggedValues::One(first),
+            Some(second) => LoggedValues::Many([first, second].into_iter().chain(values).collect()),
+        };
+        out.get_or_insert_with(Box::default)
+            .insert(name.as_str().to_owned(), logged);
+    }
+    out
 }
 
 /// Where lines go; `disabled()` writes nothing.
@@ -126,6 +177,47 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
         assert_eq!(v["status"], 204);
         assert_eq!(v["method"], "GET");
+    }
+
+    #[test]
+    fn match_headers_keeps_every_value_of_the_named_headers_only() {
+        let mut h = HeaderMap::new();
+        h.append("x-canary", "1".parse().unwrap());
+        h.append("x-tier", "gold".parse().unwrap());
+        h.append("x-tier", "beta".parse().unwrap());
+        h.append("authorization", "secret".parse().unwrap());
+        let names = [
+            HeaderName::from_static("x-canary"),
+            HeaderName::from_static("x-tier"),
+            HeaderName::from_static("x-absent"),
+        ];
+        let m = match_headers(&h, &names).unwrap();
+        assert_eq!(
+            m.len(),
+            2,
+            "absent and unnamed headers are not logged: {m:?}"
+        );
+        assert_eq!(m["x-canary"], LoggedValues::One("1".into()));
+        assert_eq!(m["x-tier"].as_slice(), ["gold", "beta"]);
+        let line = serde_json::to_value(Entry {
+            match_headers: Some(m),
+            ..Entry::default()
+        })
+        .unwrap();
+        assert_eq!(
+            line["match_headers"],
+            serde_json::json!({"x-canary": "1", "x-tier": ["gold", "beta"]})
+        );
+    }
+
+    #[test]
+    fn match_headers_is_omitted_when_nothing_to_log() {
+        let mut h = HeaderMap::new();
+        h.append("x-canary", "1".parse().unwrap());
+        assert!(match_headers(&h, &[]).is_none());
+        assert!(match_headers(&h, &[HeaderName::from_static("x-other")]).is_none());
+        let line = serde_json::to_value(Entry::default()).unwrap();
+        assert!(line.get("match_headers").is_none(), "{line}");
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //!
 //! It has its own port (loopback by default) so that an operator can still look inside when the
 //! traffic listeners are saturated, and it is unauthenticated unless `admin.auth_token` is set.
-//! It reads state, and changes one thing: an endpoint's admin mode (drain, down, auto), with
-//! `POST /clusters/NAME/endpoints/ID/MODE`.
+//! It reads state and changes three things: an endpoint's admin mode (drain, down, auto), with
+//! `POST /clusters/NAME/endpoints/ID/MODE`; the config (`POST /config`, `/config/validate`,
+//! `/reload`, `/config/rollback`, through `reload::Reloader`, which owns the pipeline); and the
+//! process (`POST /drain`, `POST /upgrade`).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
@@ -18,12 +20,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     health::endpoint::AdminMode,
+    reload::{Reloader, history::Trigger},
     snapshot::{Shared, State},
     upstream::cluster::Cluster,
 };
 
+/// The largest config `POST /config` takes.
+const MAX_CONFIG_BYTES: usize = 4 << 20;
+
 /// Serves the admin API until `stop`.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    reloader: Arc<Reloader>,
+    stop: CancellationToken,
+) {
     loop {
         let (stream, _) = tokio::select! {
             () = stop.cancelled() => return,
@@ -36,11 +47,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
                 }
             },
         };
-        let shared = Arc::clone(&shared);
+        let (shared, reloader) = (Arc::clone(&shared), Arc::clone(&reloader));
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let shared = Arc::clone(&shared);
-                async move { Ok::<_, Infallible>(respond(&req, &shared)) }
+                let (shared, reloader) = (Arc::clone(&shared), Arc::clone(&reloader));
+                async move { Ok::<_, Infallible>(respond(req, &shared, &reloader).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -51,7 +62,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, stop: Cancellatio
     }
 }
 
-fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+async fn respond(
+    req: Request<Incoming>,
+    shared: &Shared,
+    reloader: &Arc<Reloader>,
+) -> Response<Full<Bytes>> {
     let snapshot = shared.load();
     // Liveness and readiness stay open: orchestrators and load balancers probe them without secrets.
     let probe = matches!(req.uri().path(), "/healthz" | "/ready");
@@ -66,10 +81,8 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
             return text(StatusCode::UNAUTHORIZED, "admin token required\n");
         }
     }
-    if req.method() == Method::POST
-        && let Some(rest) = req.uri().path().strip_prefix("/clusters/")
-    {
-        return set_endpoint_mode(shared, rest);
+    if req.method() == Method::POST {
+        return post(req, shared, reloader).await;
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
@@ -108,6 +121,23 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
             "version": snapshot.version,
             "config": snapshot.config.redacted(),
         })),
+        "/config/history" => json_response(&json!({
+            "running": snapshot.version,
+            "entries": reloader.history().await,
+        })),
+        "/config/diff" => {
+            let q = query(&req);
+            match reloader
+                .diff(
+                    q.get("from").map(String::as_str),
+                    q.get("to").map(String::as_str),
+                )
+                .await
+            {
+                Ok(d) => json_response(&json!({ "diff": d, "summary": d.summary() })),
+                Err(e) => text(StatusCode::NOT_FOUND, &format!("{e}\n")),
+            }
+        }
         "/clusters" => json_response(&clusters(shared)),
         "/server_info" => json_response(&json!({
             "version": env!("CARGO_PKG_VERSION"),
@@ -118,9 +148,89 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
         })),
         _ => text(
             StatusCode::NOT_FOUND,
-            "unknown admin path; try /healthz /ready /metrics /config /clusters /server_info\n",
+            "unknown admin path; try /healthz /ready /metrics /config /config/history \
+             /config/diff /clusters /server_info\n",
         ),
     }
+}
+
+/// The POST endpoints: the ones that change something.
+async fn post(
+    req: Request<Incoming>,
+    shared: &Shared,
+    reloader: &Arc<Reloader>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix("/clusters/") {
+        return set_endpoint_mode(shared, rest);
+    }
+    match path.as_str() {
+        "/reload" => report(&reloader.reload_file(Trigger::Api).await),
+        "/config" | "/config/validate" => {
+            let body = match read_body(req).await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            if path == "/config" {
+                report(&reloader.apply_text(&body, Trigger::Api).await)
+            } else {
+                report(&reloader.check_text(&body).await)
+            }
+        }
+        "/config/rollback" => {
+            let q = query(&req);
+            report(&reloader.rollback(q.get("to").map(String::as_str)).await)
+        }
+        "/drain" => {
+            tracing::warn!("drain requested through the admin API");
+            reloader.drain_requested.cancel();
+            json_response(&json!({ "state": "draining" }))
+        }
+        "/upgrade" => {
+            tracing::warn!("binary upgrade requested through the admin API");
+            reloader.upgrade_requested.notify_one();
+            json_response(&json!({ "upgrade": "started" }))
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "unknown admin path; POST to /reload /config /config/validate /config/rollback \
+             /drain /upgrade /clusters/NAME/endpoints/ID/MODE\n",
+        ),
+    }
+}
+
+/// A reload's report: 200 when it applied (or would), 422 with every problem when it did not.
+fn report(r: &crate::reload::Report) -> Response<Full<Bytes>> {
+    let mut resp = json_response(&serde_json::to_value(r).unwrap_or_default());
+    if !r.applied() {
+        *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
+    }
+    resp
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<String, Response<Full<Bytes>>> {
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_CONFIG_BYTES);
+    let bytes = match http_body_util::BodyExt::collect(limited).await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            return Err(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "a config is at most 4 MiB\n",
+            ));
+        }
+    };
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| text(StatusCode::BAD_REQUEST, "the config is not UTF-8\n"))
+}
+
+fn query(req: &Request<Incoming>) -> std::collections::HashMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 /// `NAME/endpoints/ID/MODE`: sets an endpoint's admin mode and replans its cluster at once. `ID`

@@ -83,6 +83,10 @@ impl Upstreams {
                 });
             }
         }
+        // The history keeps the text, and a rollback parses it: it must name the real upstreams.
+        if let Ok(text) = toml::to_string(&source.config) {
+            source.text = text;
+        }
         source
     }
 }

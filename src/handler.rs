@@ -63,7 +63,11 @@ struct Record {
 impl Record {
     fn finish(mut self, end: BodyEnd) {
         self.requests.decrement(1.0);
-        let elapsed = self.start.elapsed().as_secs_f64();
+        let took = self.start.elapsed();
+        let elapsed = took.as_secs_f64();
+        self.shared
+            .traffic
+            .record(self.status, self.route.is_some(), took);
         let flags = match (self.flags, end.failure) {
             ("-", Some(f)) => f,
             (f, _) => f,
@@ -136,6 +140,11 @@ pub async fn handle(
             listener: conn.listener.name.to_string(),
             method: req.method().to_string(),
             path: req.uri().path().to_owned(),
+            // What routing will look at, so `validate --replay` can re-route this line.
+            match_headers: access_log::match_headers(
+                req.headers(),
+                snapshot.router.match_header_names(),
+            ),
             protocol: protocol_name(req.version()),
             bytes_in: 0,
             ..Entry::default()

@@ -34,6 +34,7 @@ pub mod handler;
 pub mod headers;
 pub mod health;
 pub mod metrics;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod snapshot;

@@ -51,10 +51,14 @@ pub struct Snapshot {
     /// `route_targets[route.index][target]`: the route's clusters, resolved.
     pub route_targets: Vec<Vec<Arc<Cluster>>>,
     pub http: HttpPolicy,
-    /// `request_metrics[listener][0]` for requests no route matched, `[listener][1 + route]` otherwise.
+    /// `request_metrics[listener slot][0]` for requests no route matched, `[slot][1 + route]`
+    /// otherwise; empty for the slot of a listener this config does not have.
     request_metrics: Vec<Vec<crate::metrics::RequestMetrics>>,
-    /// Stops this snapshot's background tasks (DNS refresh) when the snapshot is dropped.
+    /// Stops this snapshot's background tasks (health, DNS refresh) when the snapshot is dropped.
     _tasks: DropGuard,
+    /// The same, on demand: a reload retires the old snapshot's tasks at once, because the new
+    /// snapshot's tasks take over the carried endpoints while requests still hold the old one.
+    tasks: CancellationToken,
 }
 
 impl Snapshot {
@@ -66,6 +70,11 @@ impl Snapshot {
         self.request_metrics
             .get(listener)?
             .get(route.map_or(0, |r| r + 1))
+    }
+
+    /// Stops this snapshot's background tasks; requests still holding it are served as before.
+    pub fn retire(&self) {
+        self.tasks.cancel();
     }
 }
 
@@ -227,20 +236,23 @@ pub async fn compile(
             .map_err(|_| ConfigError::one("http.request_id_header", "not a header name"))?,
         error_format: config.http.error_format,
     };
-    let request_metrics = config
-        .listeners
-        .keys()
-        .map(|l| {
-            std::iter::once(crate::metrics::RequestMetrics::new(l, "-"))
+    let mut request_metrics: Vec<Vec<crate::metrics::RequestMetrics>> = Vec::new();
+    for l in config.listeners.keys() {
+        let slot = listener_slot(l);
+        if request_metrics.len() <= slot {
+            request_metrics.resize_with(slot + 1, Vec::new);
+        }
+        if let Some(m) = request_metrics.get_mut(slot) {
+            *m = std::iter::once(crate::metrics::RequestMetrics::new(l, "-"))
                 .chain(
                     router
                         .routes()
                         .iter()
                         .map(|r| crate::metrics::RequestMetrics::new(l, &r.name)),
                 )
-                .collect()
-        })
-        .collect();
+                .collect();
+        }
+    }
     Ok(Snapshot {
         request_metrics,
         version: config::version_of(config),
@@ -249,8 +261,23 @@ pub async fn compile(
         clusters,
         route_targets,
         http,
+        tasks: stop.clone(),
         _tasks: stop.drop_guard(),
     })
+}
+
+/// A listener name's slot, stable for the life of the process (names are few and never forgotten,
+/// so a slot is never reused by another listener).
+pub fn listener_slot(name: &str) -> usize {
+    static SLOTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut slots = SLOTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(i) = slots.iter().position(|n| n == name) {
+        return i;
+    }
+    slots.push(name.to_owned());
+    slots.len() - 1
 }
 
 /// Lifecycle states, as `/ready` and `/server_info` report them.
@@ -279,6 +306,8 @@ pub struct Shared {
     state: AtomicU8,
     pub started: Instant,
     pub access_log: crate::access_log::AccessLog,
+    /// Requests, failures and latency since start: the bake after a config change reads them.
+    pub traffic: crate::reload::traffic::Traffic,
 }
 
 impl Shared {
@@ -288,6 +317,7 @@ impl Shared {
             state: AtomicU8::new(State::Starting as u8),
             started: Instant::now(),
             access_log,
+            traffic: crate::reload::traffic::Traffic::new(),
         }
     }
 
@@ -296,9 +326,9 @@ impl Shared {
         self.current.load_full()
     }
 
-    /// Installs a new snapshot (hot reload builds on this).
-    pub fn store(&self, snapshot: Snapshot) {
-        self.current.store(Arc::new(snapshot));
+    /// Installs a new snapshot and returns the one it replaced (requests in flight keep theirs).
+    pub fn swap(&self, snapshot: Snapshot) -> Arc<Snapshot> {
+        self.current.swap(Arc::new(snapshot))
     }
 
     pub fn state(&self) -> State {

@@ -147,11 +147,16 @@ async fn server_info_reports_version_config_version_state_and_uptime() {
 }
 
 #[tokio::test]
-async fn unknown_admin_paths_are_404_and_writes_are_refused() {
+async fn unknown_admin_paths_are_404_and_other_methods_are_refused() {
     let up = Upstream::start("up").await;
     let proxy = Proxy::start(&one_route(&[up.addr()])).await;
 
     assert_eq!(proxy.admin_get("/nope").await.status, 404);
+    let put = send(client().put(proxy.admin_url("/config")).body("{}")).await;
+    assert_eq!(put.status, 405);
+    let post = send(client().post(proxy.admin_url("/nope")).body("")).await;
+    assert_eq!(post.status, 404);
+    // A config that is not TOML is refused and changes nothing (reload.rs covers the rest).
     let post = send(client().post(proxy.admin_url("/config")).body("{}")).await;
-    assert_eq!(post.status, 405);
+    assert_eq!(post.status, 422);
 }

@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod model;
+pub mod reload;
 pub mod resilience;
 pub mod validate;
 
@@ -18,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 pub use duration::Dur;
 pub use model::*;
+pub use reload::{AutoRollbackConfig, ReloadConfig};
 pub use resilience::*;
 pub use validate::validate;
 

@@ -41,6 +41,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub clusters: BTreeMap<String, ClusterConfig>,
+    #[serde(default)]
+    pub reload: super::reload::ReloadConfig,
 }
 
 /// The operator interface: its own listener, loopback by default because it is unauthenticated unless

@@ -162,6 +162,8 @@ pub fn validate(config: &Config, base_dir: &Path) -> Diagnostics {
             d.warn(format!("clusters.{name}"), "not used by any route");
         }
     }
+    logic::check(&mut d, config);
+    reload::check(&mut d, config);
     d
 }
 
@@ -478,7 +480,7 @@ fn check_rewrite(d: &mut Diagnostics, p: &str, r: &super::HeaderRewrite) {
 }
 
 /// True if every request matched by `b` is also matched by `a` (conservative: false when unsure).
-fn covers(a: &RouteMatch, b: &RouteMatch) -> bool {
+pub(crate) fn covers(a: &RouteMatch, b: &RouteMatch) -> bool {
     if a.path_regex.is_some() || !a.headers.is_empty() {
         return false;
     }
@@ -687,6 +689,8 @@ pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
     Some((host, port))
 }
 
+mod logic;
+mod reload;
 mod resilience;
 #[cfg(test)]
 mod tests;

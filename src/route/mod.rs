@@ -5,8 +5,10 @@
 //! the wire, resolve clusters, choose endpoints or send anything: the caller extracts a
 //! [`RouteRequest`], gets a [`Route`], and hands its targets and rewrites to the forwarding code.
 
+pub mod explain;
 pub mod rewrite;
 pub mod router;
+pub mod whatif;
 
 pub use rewrite::Rewrite;
 pub use router::{Route, RouteRequest, Router};

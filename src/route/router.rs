@@ -125,6 +125,9 @@ pub struct Router {
     wildcard_suffixes: HashMap<Box<str>, Vec<usize>>,
     /// Routes with no host condition: candidates for every request.
     any_host: Vec<usize>,
+    /// Every header some route matches on, lowercase, once each, in first-use order: what the
+    /// access log records so a log can be re-routed (`route::whatif`). Empty in the usual case.
+    header_names: Vec<HeaderName>,
 }
 
 /// Hosts are at most 253 bytes (DNS), so a mixed-case one is lowercased on the stack without
@@ -142,6 +145,7 @@ impl Router {
             exact_hosts: HashMap::new(),
             wildcard_suffixes: HashMap::new(),
             any_host: Vec::new(),
+            header_names: Vec::new(),
         };
         for (index, config) in routes.iter().enumerate() {
             let context = |e: String| format!("routes[{index}] ({:?}): {e}", config.name);
@@ -180,7 +184,18 @@ impl Router {
                 }
             }
         }
+        for condition in router.matchers.iter().flat_map(|m| &m.headers) {
+            if !router.header_names.contains(&condition.name) {
+                router.header_names.push(condition.name.clone());
+            }
+        }
         Ok(router)
+    }
+
+    /// The header names any route matches on (lowercase, deduplicated, in first-use order); empty
+    /// when no route looks at headers.
+    pub fn match_header_names(&self) -> &[HeaderName] {
+        &self.header_names
     }
 
     /// The first route in file order whose every condition holds, or `None` (the caller's 404).
@@ -896,6 +911,42 @@ mod tests {
             ..RouteMatch::default()
         });
         assert!(byte.route(&rr).is_some());
+    }
+
+    #[test]
+    fn match_header_names_are_lowercase_deduplicated_in_first_use_order() {
+        let router = Router::compile(&[
+            route("plain", RouteMatch::default()),
+            route(
+                "canary",
+                RouteMatch {
+                    headers: vec![
+                        header("X-Canary", Some("1"), None, None),
+                        header("x-canary", None, Some(true), None),
+                    ],
+                    ..RouteMatch::default()
+                },
+            ),
+            route(
+                "beta",
+                RouteMatch {
+                    headers: vec![
+                        header("X-Beta", None, None, Some("y.*")),
+                        header("X-CANARY", None, Some(false), None),
+                    ],
+                    ..RouteMatch::default()
+                },
+            ),
+        ])
+        .unwrap();
+        let names: Vec<&str> = router
+            .match_header_names()
+            .iter()
+            .map(HeaderName::as_str)
+            .collect();
+        assert_eq!(names, ["x-canary", "x-beta"]);
+        let none = one(hosts(&["a.com"]));
+        assert!(none.match_header_names().is_empty());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use hyper_util::{
 };
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{Semaphore, watch},
 };
 use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -30,7 +30,8 @@ use crate::{config::ListenerConfig, handler, metrics::ListenerGauges, snapshot::
 /// What a listener's connections share.
 pub struct ListenerCtx {
     pub name: Arc<str>,
-    /// Position among the configured listeners (indexes per-listener metrics in the snapshot).
+    /// This listener name's slot for the process's lifetime (indexes per-listener metrics in every
+    /// snapshot, so a connection opened before a reload still finds its own).
     pub index: usize,
     pub config: ListenerConfig,
     pub tls: Option<TlsAcceptor>,
@@ -57,7 +58,8 @@ impl std::fmt::Debug for ListenerCtx {
 }
 
 impl ListenerCtx {
-    pub fn new(name: &str, index: usize, config: ListenerConfig, tls: Option<TlsAcceptor>) -> Self {
+    pub fn new(name: &str, config: ListenerConfig, tls: Option<TlsAcceptor>) -> Self {
+        let index = crate::snapshot::listener_slot(name);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -116,22 +118,35 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 /// Accepts until `stop`, then drains this listener's connections (up to `drain_timeout`).
+///
+/// `ctx` changes on reload: each new connection takes the latest settings, connections already open
+/// keep the ones they started with, and a new `max_connections` resizes the cap in place.
 pub async fn serve(
-    listener: TcpListener,
-    ctx: Arc<ListenerCtx>,
+    listener: Arc<TcpListener>,
+    mut ctx_rx: watch::Receiver<Arc<ListenerCtx>>,
     shared: Arc<Shared>,
     stop: CancellationToken,
     drain_timeout: Duration,
 ) {
-    let cap = Arc::new(Semaphore::new(ctx.config.max_connections));
+    let mut ctx = Arc::clone(&ctx_rx.borrow_and_update());
+    let mut cap_size = ctx.config.max_connections;
+    let cap = Arc::new(Semaphore::new(cap_size));
     let connections = TaskTracker::new();
     // Tells every connection to finish: HTTP/1 after its current response (`Connection: close`),
     // HTTP/2 with GOAWAY, idle ones at once.
     let drain = CancellationToken::new();
     loop {
+        if ctx_rx.has_changed().unwrap_or(false) {
+            ctx = Arc::clone(&ctx_rx.borrow_and_update());
+        }
+        if cap_size != ctx.config.max_connections {
+            resize(&cap, &mut cap_size, ctx.config.max_connections);
+        }
         let permit = tokio::select! {
             () = stop.cancelled() => break,
             p = Arc::clone(&cap).acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            // A reload while the cap is full must still be able to raise it.
+            Ok(()) = ctx_rx.changed() => continue,
         };
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
@@ -153,6 +168,10 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        // A reload while this loop waited in accept: the connection gets the new settings.
+        if ctx_rx.has_changed().unwrap_or(false) {
+            ctx = Arc::clone(&ctx_rx.borrow_and_update());
+        }
         let ctx = Arc::clone(&ctx);
         let shared = Arc::clone(&shared);
         let drain = drain.clone();
@@ -172,6 +191,18 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(listener = %ctx.name, "drain timeout reached; closing remaining connections");
+    }
+}
+
+/// Grows or shrinks the connection cap. Shrinking takes back only free permits (`forget_permits`
+/// never blocks), so open connections stay open; the accept loop retries until the cap fits.
+fn resize(cap: &Semaphore, current: &mut usize, wanted: usize) {
+    if wanted > *current {
+        cap.add_permits(wanted - *current);
+        *current = wanted;
+    } else if wanted < *current {
+        let taken = cap.forget_permits(*current - wanted);
+        *current -= taken;
     }
 }
 

@@ -191,7 +191,8 @@ impl Proxy {
 /// - without any `[listeners.*]`, one `[listeners.web]`; every listener without `listen` gets
 ///   `127.0.0.1:0`;
 /// - `shutdown.drain_delay = "0s"` unless given;
-/// - the access log off, or to `access_log` when given.
+/// - the access log off, or to `access_log` when given;
+/// - `reload.state_dir = ""` unless given (the history stays in memory, not in the checkout).
 pub fn complete_config(text: &str, access_log: Option<&Path>) -> String {
     let mut t: Table = text
         .parse()
@@ -211,6 +212,9 @@ pub fn complete_config(text: &str, access_log: Option<&Path>) -> String {
     table(&mut t, "shutdown")
         .entry("drain_delay")
         .or_insert_with(|| "0s".into());
+    table(&mut t, "reload")
+        .entry("state_dir")
+        .or_insert_with(|| "".into());
     let log = table(&mut t, "access_log");
     match access_log {
         Some(p) => {

@@ -1,0 +1,562 @@
+//! Hot reload: read → parse → validate → compile → swap → tell background tasks, one change at a
+//! time, whatever asked for it (SIGHUP, the file watch, the admin API, a rollback, the bake
+//! judge).
+//!
+//! This module owns the pipeline and the running config's bookkeeping: the current and previous
+//! sources, the history (`history.rs`), the bake after each change (`bake.rs` judges, fed by
+//! `traffic.rs`), and the listener set. A change that fails anywhere before the swap leaves
+//! everything as it was; after the swap, the old snapshot's background tasks stop and requests in
+//! flight finish on it. State worth keeping (endpoint health, ejections, latency, pools) carries
+//! over inside `snapshot::compile`, by the endpoints' identity.
+
+pub mod bake;
+pub mod diff;
+pub mod history;
+pub mod traffic;
+pub mod watch;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use serde::Serialize;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use self::{
+    bake::{Bake, Judgement, Series},
+    diff::ConfigDiff,
+    history::{History, Outcome, Record, Trigger},
+};
+use crate::{
+    config::{self, Config, Problem, Source},
+    server::listeners::ListenerSet,
+    snapshot::{self, Shared},
+};
+
+/// What one reload did: the admin API's answer and the log line's fields.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `applied`, `unchanged` (same version: only certificates were re-read) or `rejected`.
+    pub result: &'static str,
+    /// The history entry, when one was written.
+    pub seq: Option<u64>,
+    /// The version of the config offered (absent when it did not parse).
+    pub version: Option<String>,
+    /// The version running before (and still running, when rejected).
+    pub running: String,
+    pub problems: Vec<String>,
+    /// Accepted, but worth knowing (settings that only apply at the next start).
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<ConfigDiff>,
+}
+
+impl Report {
+    pub fn applied(&self) -> bool {
+        self.result != "rejected"
+    }
+}
+
+/// Owns the running config and changes it.
+pub struct Reloader {
+    shared: Arc<Shared>,
+    /// The file SIGHUP, `POST /reload` and the watch read; `None` for an embedded config (demo).
+    config_path: Option<PathBuf>,
+    state: Mutex<State>,
+    /// Set by `POST /drain`: the process drains and exits.
+    pub drain_requested: CancellationToken,
+    /// `POST /upgrade` (SIGUSR2 is the other way): start the new binary and hand over.
+    pub upgrade_requested: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Reloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloader")
+            .field("config_path", &self.config_path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct State {
+    source: Source,
+    listeners: ListenerSet,
+    history: History,
+    /// The change being watched, if any.
+    baking: Option<Baking>,
+    /// Once-a-second samples of the traffic counters (the bake's baseline comes from here).
+    series: Series,
+}
+
+struct Baking {
+    bake: Bake,
+    /// The history entry of the change.
+    seq: u64,
+    version: String,
+    /// What to go back to.
+    previous: Source,
+}
+
+impl Reloader {
+    pub fn new(
+        shared: Arc<Shared>,
+        source: Source,
+        listeners: ListenerSet,
+        history: History,
+        config_path: Option<PathBuf>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            shared,
+            config_path,
+            state: Mutex::new(State {
+                series: Series::new(Series::capacity_for(
+                    &source.config.reload.auto_rollback,
+                    std::time::Duration::from_secs(1),
+                )),
+                source,
+                listeners,
+                history,
+                baking: None,
+            }),
+            drain_requested: CancellationToken::new(),
+            upgrade_requested: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+
+    /// Re-reads the config file and applies it.
+    pub async fn reload_file(&self, trigger: Trigger) -> Report {
+        let Some(path) = &self.config_path else {
+            return self
+                .refuse_unparsed(
+                    trigger,
+                    vec!["this instance runs an embedded config: there is no file to reload; POST /config instead".into()],
+                )
+                .await;
+        };
+        match config::load_file(path) {
+            Ok(source) => self.apply(source, trigger, None).await,
+            Err(e) => self.refuse_unparsed(trigger, lines(&e.problems)).await,
+        }
+    }
+
+    /// Applies a config given as text (`POST /config`). Relative paths in it resolve like the
+    /// file's.
+    pub async fn apply_text(&self, text: &str, trigger: Trigger) -> Report {
+        match config::parse(text, self.base_dir().await) {
+            Ok(source) => self.apply(source, trigger, None).await,
+            Err(e) => self.refuse_unparsed(trigger, lines(&e.problems)).await,
+        }
+    }
+
+    /// Checks a config given as text without applying it (`POST /config/validate`).
+    pub async fn check_text(&self, text: &str) -> Report {
+        let running = self.shared.load().version.clone();
+        let (version, problems, warnings) = match config::parse(text, self.base_dir().await) {
+            Ok(source) => {
+                let d = config::validate(&source.config, &source.base_dir);
+                (
+                    Some(config::version_of(&source.config)),
+                    lines(&d.errors),
+                    lines(&d.warnings),
+                )
+            }
+            Err(e) => (None, lines(&e.problems), Vec::new()),
+        };
+        Report {
+            result: if problems.is_empty() {
+                "valid"
+            } else {
+                "rejected"
+            },
+            seq: None,
+            version,
+            running,
+            problems,
+            warnings,
+            diff: None,
+        }
+    }
+
+    /// Goes back to `to`, or to the version applied before the running one.
+    pub async fn rollback(&self, to: Option<&str>) -> Report {
+        let mut state = self.state.lock().await;
+        let running = self.shared.load().version.clone();
+        let target = match to {
+            Some(v) => Some(v.to_owned()),
+            None => state
+                .history
+                .previous_applied(&running)
+                .map(|e| e.version.clone()),
+        };
+        let Some(target) = target else {
+            drop(state);
+            return self
+                .refuse_unparsed(
+                    Trigger::Rollback,
+                    vec!["no earlier applied version in the history".into()],
+                )
+                .await;
+        };
+        let Some(text) = state.history.text_of(&target) else {
+            drop(state);
+            return self
+                .refuse_unparsed(
+                    Trigger::Rollback,
+                    vec![format!("version {target} is not in the history")],
+                )
+                .await;
+        };
+        let base_dir = state.source.base_dir.clone();
+        match config::parse(&text, base_dir) {
+            Ok(source) => {
+                let reason = format!("rollback to {target} requested");
+                let report = apply_locked(
+                    &self.shared,
+                    &mut state,
+                    source,
+                    Trigger::Rollback,
+                    Some(reason),
+                )
+                .await;
+                if report.applied() {
+                    metrics::counter!("palisade_config_rollbacks_total", "kind" => "manual")
+                        .increment(1);
+                }
+                report
+            }
+            Err(e) => {
+                drop(state);
+                self.refuse_unparsed(Trigger::Rollback, lines(&e.problems))
+                    .await
+            }
+        }
+    }
+
+    /// Applies a parsed config.
+    pub async fn apply(&self, source: Source, trigger: Trigger, reason: Option<String>) -> Report {
+        let mut state = self.state.lock().await;
+        apply_locked(&self.shared, &mut state, source, trigger, reason).await
+    }
+
+    /// Samples the traffic counters and judges the change being baked; rolls it back when it
+    /// regressed. Called once a second.
+    pub async fn tick(&self, now: Instant) {
+        let mut state = self.state.lock().await;
+        let sample = self.shared.traffic.sample();
+        state.series.push(now, sample.clone());
+        let Some(b) = &state.baking else { return };
+        match b.bake.judge(now, &sample) {
+            Judgement::Waiting => {}
+            Judgement::Passed { quiet } => {
+                tracing::info!(version = %b.version, quiet, "config change baked without regression");
+                state.baking = None;
+            }
+            Judgement::Regressed { reason } => {
+                let Some(b) = state.baking.take() else { return };
+                tracing::error!(version = %b.version, back_to = %config::version_of(&b.previous.config), %reason, "config change regressed traffic: rolling back");
+                if let Err(e) = state.history.mark_rolled_back(b.seq, &reason) {
+                    tracing::warn!(error = %e, "cannot write the config history");
+                }
+                metrics::counter!("palisade_config_rollbacks_total", "kind" => "auto").increment(1);
+                let report = apply_locked(
+                    &self.shared,
+                    &mut state,
+                    b.previous,
+                    Trigger::AutoRollback,
+                    Some(reason),
+                )
+                .await;
+                if !report.applied() {
+                    tracing::error!(problems = ?report.problems, "automatic rollback failed; the regressed config stays");
+                }
+            }
+        }
+    }
+
+    /// The history, oldest first.
+    pub async fn history(&self) -> Vec<history::Entry> {
+        self.state.lock().await.history.entries().to_vec()
+    }
+
+    /// The diff between two versions of the history (`to` defaults to the running one, `from`
+    /// to the one applied before it).
+    pub async fn diff(&self, from: Option<&str>, to: Option<&str>) -> Result<ConfigDiff, String> {
+        let state = self.state.lock().await;
+        let running = self.shared.load();
+        let to = to.unwrap_or(&running.version).to_owned();
+        let from = match from {
+            Some(f) => f.to_owned(),
+            None => state
+                .history
+                .previous_applied(&running.version)
+                .map(|e| e.version.clone())
+                .ok_or("no earlier applied version in the history")?,
+        };
+        let load = |v: &str| -> Result<Config, String> {
+            if v == running.version {
+                return Ok((*running.config).clone());
+            }
+            let text = state
+                .history
+                .text_of(v)
+                .ok_or_else(|| format!("version {v} is not in the history"))?;
+            config::parse(&text, state.source.base_dir.clone())
+                .map(|s| s.config)
+                .map_err(|e| format!("version {v} no longer parses: {e}"))
+        };
+        Ok(diff::diff(&load(&from)?, &load(&to)?))
+    }
+
+    /// Where each listener is bound now.
+    pub async fn listener_addrs(&self) -> std::collections::BTreeMap<String, std::net::SocketAddr> {
+        self.state.lock().await.listeners.addrs()
+    }
+
+    /// The listening sockets as they are now (for a binary upgrade). The descriptors are duplicated,
+    /// so they stay valid whatever the listener set does next.
+    pub async fn listener_sockets(&self) -> std::io::Result<Vec<(String, std::os::fd::OwnedFd)>> {
+        let state = self.state.lock().await;
+        state
+            .listeners
+            .sockets()
+            .into_iter()
+            .map(|(n, fd)| Ok((n, fd.try_clone_to_owned()?)))
+            .collect()
+    }
+
+    /// Stops accepting on every listener and waits for their connections to drain.
+    pub async fn shutdown_listeners(&self) {
+        let mut listeners = {
+            let mut state = self.state.lock().await;
+            std::mem::take(&mut state.listeners)
+        };
+        listeners.shutdown().await;
+    }
+
+    async fn base_dir(&self) -> PathBuf {
+        self.state.lock().await.source.base_dir.clone()
+    }
+
+    /// Records a config that never reached validation (unreadable, unparsable, not found).
+    async fn refuse_unparsed(&self, trigger: Trigger, problems: Vec<String>) -> Report {
+        let mut state = self.state.lock().await;
+        let running = self.shared.load().version.clone();
+        refused(&mut state, trigger, None, &running, problems, Vec::new())
+    }
+}
+
+/// The pipeline, with the state lock held (one change at a time).
+async fn apply_locked(
+    shared: &Arc<Shared>,
+    state: &mut State,
+    source: Source,
+    trigger: Trigger,
+    reason: Option<String>,
+) -> Report {
+    let current = shared.load();
+    let version = config::version_of(&source.config);
+    let drain_timeout = source.config.shutdown.drain_timeout.get();
+    if version == current.version {
+        // Same config: only files it names can have changed (rotated certificates).
+        return match state
+            .listeners
+            .prepare(&source.config, &source.base_dir, &mut HashMap::new())
+        {
+            Ok(prepared) => {
+                state.listeners.apply(prepared, shared, drain_timeout);
+                tracing::info!(%version, ?trigger, "config unchanged; certificates re-read");
+                state.source = source;
+                Report {
+                    result: "unchanged",
+                    seq: None,
+                    version: Some(version),
+                    running: current.version.clone(),
+                    problems: Vec::new(),
+                    warnings: Vec::new(),
+                    diff: None,
+                }
+            }
+            Err(problems) => refused(
+                state,
+                trigger,
+                Some(version),
+                &current.version,
+                lines(&problems),
+                Vec::new(),
+            ),
+        };
+    }
+    let snapshot = match snapshot::compile(&source, Some(&current)).await {
+        Ok(s) => s,
+        Err(e) => {
+            return refused(
+                state,
+                trigger,
+                Some(version),
+                &current.version,
+                lines(&e.problems),
+                Vec::new(),
+            );
+        }
+    };
+    let prepared =
+        match state
+            .listeners
+            .prepare(&source.config, &source.base_dir, &mut HashMap::new())
+        {
+            Ok(p) => p,
+            Err(problems) => {
+                snapshot.retire();
+                return refused(
+                    state,
+                    trigger,
+                    Some(version),
+                    &current.version,
+                    lines(&problems),
+                    Vec::new(),
+                );
+            }
+        };
+    let warnings = restart_only(&current.config, &source.config);
+    let change = diff::diff(&current.config, &source.config);
+
+    // The point of no return: from here the new config serves.
+    let old = shared.swap(snapshot);
+    old.retire();
+    state.listeners.apply(prepared, shared, drain_timeout);
+    crate::metrics::config_version(Some(&old.version), &version);
+    metrics::counter!("palisade_config_reloads_total", "result" => "success").increment(1);
+    metrics::gauge!("palisade_config_last_reload_success_timestamp_seconds").set(unix_now());
+
+    let entry = state.history.record(
+        SystemTime::now(),
+        Record {
+            version: &version,
+            trigger,
+            outcome: Outcome::Applied,
+            previous: Some(&old.version),
+            problems: Vec::new(),
+            reason: reason.clone(),
+            text: Some(&source.text),
+        },
+    );
+    let seq = match entry {
+        Ok(e) => Some(e.seq),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot write the config history");
+            state.history.entries().last().map(|e| e.seq)
+        }
+    };
+    if let Err(e) = state
+        .history
+        .save_last_good(&version, &source.base_dir, &source.text)
+    {
+        tracing::warn!(error = %e, "cannot save the last known good config");
+    }
+    tracing::info!(%version, previous = %old.version, ?trigger, reason = reason.as_deref().unwrap_or("-"), changes = %change.summary(), "config applied");
+    for w in &warnings {
+        tracing::warn!(warning = %w, "config change needs a restart");
+    }
+
+    let previous = std::mem::replace(&mut state.source, source);
+    let auto = &state.source.config.reload.auto_rollback;
+    state.baking = match (auto.enabled, trigger, seq) {
+        (true, Trigger::File | Trigger::Signal | Trigger::Api, Some(seq)) => {
+            let now = Instant::now();
+            let at_change = shared.traffic.sample();
+            let baseline = state.series.baseline(now, auto.baseline.get(), &at_change);
+            Some(Baking {
+                bake: Bake::start(auto, now, baseline, at_change),
+                seq,
+                version: version.clone(),
+                previous,
+            })
+        }
+        _ => None,
+    };
+    Report {
+        result: "applied",
+        seq,
+        version: Some(version),
+        running: old.version.clone(),
+        problems: Vec::new(),
+        warnings,
+        diff: Some(change),
+    }
+}
+
+fn refused(
+    state: &mut State,
+    trigger: Trigger,
+    version: Option<String>,
+    running: &str,
+    problems: Vec<String>,
+    warnings: Vec<String>,
+) -> Report {
+    metrics::counter!("palisade_config_reloads_total", "result" => "failure").increment(1);
+    metrics::gauge!("palisade_config_last_reload_failure_timestamp_seconds").set(unix_now());
+    tracing::warn!(version = version.as_deref().unwrap_or("-"), ?trigger, problems = %problems.join("; "), "config refused; the running config stays");
+    let seq = match state.history.record(
+        SystemTime::now(),
+        Record {
+            version: version.as_deref().unwrap_or(""),
+            trigger,
+            outcome: Outcome::Rejected,
+            previous: Some(running),
+            problems: problems.clone(),
+            reason: None,
+            text: None,
+        },
+    ) {
+        Ok(e) => Some(e.seq),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot write the config history");
+            None
+        }
+    };
+    Report {
+        result: "rejected",
+        seq,
+        version,
+        running: running.to_owned(),
+        problems,
+        warnings,
+        diff: None,
+    }
+}
+
+/// Settings read once at start: a change to them is accepted but waits for a restart (or an
+/// upgrade), and the operator is told so.
+fn restart_only(old: &Config, new: &Config) -> Vec<String> {
+    let mut w = Vec::new();
+    if old.admin.listen != new.admin.listen {
+        w.push("admin.listen: the admin listener moves at the next start".to_owned());
+    }
+    if old.runtime.workers != new.runtime.workers {
+        w.push("runtime.workers: the worker count changes at the next start".to_owned());
+    }
+    if old.access_log != new.access_log {
+        w.push("access_log: the access log is reopened at the next start".to_owned());
+    }
+    if old.log != new.log {
+        w.push("log: the log level and format change at the next start".to_owned());
+    }
+    w
+}
+
+fn lines(problems: &[Problem]) -> Vec<String> {
+    problems.iter().map(ToString::to_string).collect()
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

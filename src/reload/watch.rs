@@ -1,0 +1,115 @@
+//! The config file watch: reload when the file, or a certificate or key it names, changes.
+//!
+//! It watches directories, not files: editors and `kubectl` replace files by rename, and
+//! Kubernetes swaps a ConfigMap's `..data` symlink, which a watch on the file itself never sees.
+//! Any event in a watched directory starts a debounce; when the directory has been quiet for
+//! `watch_debounce`, the watch hashes the config file and the PEM files it names, and reloads only
+//! when that fingerprint differs from the last one it acted on (so touching a file, or an event for
+//! an unrelated file in the same directory, does nothing). A slow poll does the same in case the
+//! platform drops events (network file systems). A file that is half-written when read is simply
+//! refused, and the next event, once it is complete, applies it.
+
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use notify::{RecursiveMode, Watcher as _};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Reloader, history::Trigger};
+
+/// How often the files are hashed even without events.
+const POLL: Duration = Duration::from_secs(10);
+
+/// Runs until `stop`. Without a working watcher (no inotify), the poll alone carries on.
+pub async fn run(
+    reloader: Arc<Reloader>,
+    path: PathBuf,
+    debounce: Duration,
+    stop: CancellationToken,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut watcher = match notify::recommended_watcher(move |_event| {
+        // Which file changed does not matter: the fingerprint decides.
+        let _ = tx.send(());
+    }) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch the config directory; polling every 10s instead");
+            None
+        }
+    };
+    let mut watched = BTreeSet::new();
+    let mut last = fingerprint(&path).0;
+    loop {
+        // The set of directories follows the config (certificates may move).
+        let (_, dirs) = fingerprint(&path);
+        if let Some(w) = watcher.as_mut() {
+            for d in dirs.difference(&watched) {
+                if let Err(e) = w.watch(d, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch directory");
+                }
+            }
+            for d in watched.difference(&dirs) {
+                let _ = w.unwatch(d);
+            }
+        }
+        watched = dirs;
+
+        tokio::select! {
+            () = stop.cancelled() => return,
+            Some(()) = rx.recv() => {
+                // Debounce: wait until the directory has been quiet for `debounce`.
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(debounce) => break,
+                        Some(()) = rx.recv() => {}
+                    }
+                }
+            }
+            () = tokio::time::sleep(POLL) => {}
+        }
+        let (now, _) = fingerprint(&path);
+        if now != last {
+            last = now;
+            let report = reloader.reload_file(Trigger::File).await;
+            tracing::info!(result = report.result, "reload after a file change");
+        }
+    }
+}
+
+/// A hash of the config file and of every certificate and key it names, and the directories
+/// they are in. Unreadable files hash as empty (a deleted file is a change too).
+fn fingerprint(path: &Path) -> (Vec<u8>, BTreeSet<PathBuf>) {
+    let mut h = Sha256::new();
+    let mut dirs = BTreeSet::new();
+    dirs.insert(parent(path));
+    let text = std::fs::read(path).unwrap_or_default();
+    h.update(&text);
+    if let Ok(source) = crate::config::load_file(path) {
+        for l in source.config.listeners.values() {
+            for c in l.tls.iter().flat_map(|t| &t.certificates) {
+                for f in [&c.cert, &c.key] {
+                    let p = source.base_dir.join(f);
+                    h.update(p.as_os_str().as_encoded_bytes());
+                    h.update(std::fs::read(&p).unwrap_or_default());
+                    dirs.insert(parent(&p));
+                }
+            }
+        }
+    }
+    (h.finalize().to_vec(), dirs)
+}
+
+fn parent(p: &Path) -> PathBuf {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
