@@ -86,7 +86,7 @@ impl RequestMetrics {
 }
 
 /// Per endpoint upstream metrics.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct UpstreamMetrics {
     by_class: [Counter; 5],
     duration: Histogram,

@@ -143,17 +143,26 @@ pub async fn compile(
             let spec = Spec::from_config(e, c);
             for addr in dns::resolve_now(&spec.address).await {
                 let id = dns::endpoint_id(&spec.address, addr);
+                let (max_idle, idle_timeout) =
+                    (c.pool.max_idle_per_endpoint, c.pool.idle_timeout.get());
                 let reused = old
                     .get(&(Arc::<str>::from(name.as_str()), Arc::clone(&id)))
-                    .filter(|pe| pe.matches(&spec))
-                    .cloned();
+                    .map(|pe| {
+                        let same_pool = pe.pool.has_settings(max_idle, idle_timeout);
+                        if pe.matches(&spec) && same_pool {
+                            Arc::clone(pe)
+                        } else {
+                            let pool = (!same_pool).then(|| Pool::new(max_idle, idle_timeout));
+                            Arc::new(Endpoint::carried_over(pe, &spec, pool))
+                        }
+                    });
                 endpoints.push(reused.unwrap_or_else(|| {
                     Arc::new(Endpoint::new(
                         name,
                         &spec,
                         id,
                         addr,
-                        Pool::new(c.pool.max_idle_per_endpoint, c.pool.idle_timeout.get()),
+                        Pool::new(max_idle, idle_timeout),
                         active_checks,
                         now,
                     ))
@@ -166,13 +175,17 @@ pub async fn compile(
                 message: "no endpoint resolves to an address".into(),
             });
         }
-        let cluster = Arc::new(Cluster::new(
+        let mut cluster = Cluster::new(
             name,
             c,
             config.runtime.local_zone.as_deref(),
             tls,
             endpoints,
-        ));
+        );
+        if let Some(prev) = previous.and_then(|p| p.clusters.get(name.as_str())) {
+            cluster.carry_over(prev);
+        }
+        let cluster = Arc::new(cluster);
         // Every cluster has one: besides health, it ramps slow start and ages the latency
         // histogram that hedging reads.
         tokio::spawn(crate::health::monitor::run(

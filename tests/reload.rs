@@ -285,6 +285,26 @@ outlier_detection = {{ consecutive_5xx = 2, base_ejection_time = "60s", max_ejec
         assert_eq!(get(&proxy.url("/more")).await.upstream(), "good");
     }
     assert_eq!(bad.hits(), hits);
+
+    // A weight change makes a new endpoint object, but what it learnt stays.
+    let reweighted = route("").replace(
+        &endpoint_list(&[good.addr(), bad.addr()]),
+        &format!(
+            "[\"{}\", {{ address = \"{}\", weight = 3 }}]",
+            good.addr(),
+            bad.addr()
+        ),
+    );
+    let r = post_config(&proxy, &reweighted).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["diff"]["endpoints"][0]["changed"][0]["name"],
+        bad.addr().to_string()
+    );
+    let bad_after = proxy.endpoint_stats("up", bad.addr()).await;
+    assert_eq!(bad_after["state"], "ejected", "{bad_after}");
+    assert_eq!(bad_after["weight"], 3, "{bad_after}");
+    assert_eq!(bad_after["times_ejected"], 1, "{bad_after}");
 }
 
 #[tokio::test]

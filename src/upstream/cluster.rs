@@ -81,8 +81,9 @@ pub struct Endpoint {
     pub connection_slots: Option<Arc<tokio::sync::Semaphore>>,
     max_connections: u32,
     pub stats: Arc<EndpointStats>,
-    pub health: EndpointHealth,
-    pub pool: Pool,
+    /// Shared with the endpoint it replaces on reload (`carried_over`), like `stats` and `pool`.
+    pub health: Arc<EndpointHealth>,
+    pub pool: Arc<Pool>,
     pub metrics: crate::metrics::UpstreamMetrics,
     identity_hash: u64,
 }
@@ -113,14 +114,43 @@ impl Endpoint {
                 .then(|| Arc::new(tokio::sync::Semaphore::new(spec.max_connections as usize))),
             max_connections: spec.max_connections,
             stats: Arc::new(EndpointStats::new(now)),
-            health: EndpointHealth::new(now, active_checks),
-            pool,
+            health: Arc::new(EndpointHealth::new(now, active_checks)),
+            pool: Arc::new(pool),
             metrics,
             identity_hash,
         }
     }
 
-    /// Whether this endpoint can stand for `spec` in a new config (its state then carries over).
+    /// The same endpoint under a changed `spec` (weight, tier, zone or connection cap): what it
+    /// has learnt (health, ejection, statistics, latency) and its pooled connections carry over,
+    /// so a weight change does not make a known-bad host look new. `pool`: a fresh pool when the
+    /// pool settings changed, else `None` to keep the old one.
+    pub fn carried_over(old: &Self, spec: &Spec, pool: Option<Pool>) -> Self {
+        Self {
+            id: Arc::clone(&old.id),
+            addr: old.addr,
+            host: Arc::clone(&old.host),
+            weight: spec.weight,
+            priority: spec.priority,
+            zone: spec.zone.clone(),
+            // The health task rescales it (slow start) at its next step.
+            effective_weight: AtomicU32::new(spec.weight.max(1).saturating_mul(WEIGHT_SCALE)),
+            connection_slots: if spec.max_connections == old.max_connections {
+                old.connection_slots.clone()
+            } else {
+                (spec.max_connections > 0)
+                    .then(|| Arc::new(tokio::sync::Semaphore::new(spec.max_connections as usize)))
+            },
+            max_connections: spec.max_connections,
+            stats: Arc::clone(&old.stats),
+            health: Arc::clone(&old.health),
+            pool: pool.map_or_else(|| Arc::clone(&old.pool), Arc::new),
+            metrics: old.metrics.clone(),
+            identity_hash: old.identity_hash,
+        }
+    }
+
+    /// Whether this very endpoint can stand for `spec` in a new config (else `carried_over`).
     pub fn matches(&self, spec: &Spec) -> bool {
         self.weight == spec.weight
             && self.priority == spec.priority
@@ -277,8 +307,9 @@ pub struct Cluster {
     pub limits: Limits,
     /// Wakes the health task (an endpoint just crossed a failure threshold, or the operator acted).
     pub wake: Notify,
-    /// Recent response-head latencies (a hedge's `p95`), recorded only when `track_latency`.
-    pub latency: LatencyHistogram,
+    /// Recent response-head latencies (a hedge's `p95`), recorded only when `track_latency`;
+    /// shared with the cluster of the same name in the previous snapshot, so a reload keeps it.
+    pub latency: Arc<LatencyHistogram>,
     /// Set at compile when a route hedges on this cluster's quantile.
     pub track_latency: AtomicBool,
     /// Whether the last plan was in panic mode (so the change is logged once, not per rebuild).
@@ -340,7 +371,7 @@ impl Cluster {
             fallback: cfg.fallback.as_deref().map(Arc::from),
             limits: Limits::new(&cfg.limits, &cfg.retry_budget),
             wake: Notify::new(),
-            latency: LatencyHistogram::default(),
+            latency: Arc::default(),
             track_latency: AtomicBool::new(false),
             panic: AtomicBool::new(members.plan.panic),
             members: ArcSwap::from_pointee(members),
@@ -348,6 +379,12 @@ impl Cluster {
     }
 
     /// The balancer as written in the config.
+    /// Takes over what the previous snapshot's cluster of this name learnt (its latency
+    /// histogram), at compile, before the cluster is shared.
+    pub fn carry_over(&mut self, previous: &Self) {
+        self.latency = Arc::clone(&previous.latency);
+    }
+
     pub fn balance_name(&self) -> &'static str {
         match self.kind {
             BalanceKind::RoundRobin => "round_robin",

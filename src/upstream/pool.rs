@@ -46,6 +46,11 @@ impl Pool {
         }
     }
 
+    /// Whether this pool was made with these settings (a reload keeps it, and its connections).
+    pub fn has_settings(&self, max_idle: usize, idle_timeout: Duration) -> bool {
+        self.max_idle == max_idle && self.idle_timeout == idle_timeout
+    }
+
     /// An idle HTTP/1 connection that is young enough and still open, if any. (Whether it is open
     /// is asked outside the lock: see `Conn::is_idle_open`.)
     pub fn checkout(&self, now: Instant) -> Option<Conn> {
