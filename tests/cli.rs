@@ -258,3 +258,125 @@ async fn demo_serves_three_upstreams_round_robin_then_exits_on_sigterm() {
     let status = tokio::task::block_in_place(|| demo.wait_exit(STEP));
     assert_eq!(status.code(), Some(0));
 }
+
+/// Two routes: `/api` to `api`, the rest to `web`; `with_api = false` drops the `/api` route.
+fn routed(with_api: bool) -> String {
+    let api = if with_api {
+        "[[routes]]\nname = \"api\"\ncluster = \"api\"\n[routes.match]\npath_prefix = \"/api/\"\n\n[clusters.api]\nendpoints = [\"127.0.0.1:9003\"]\n"
+    } else {
+        ""
+    };
+    format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[listeners.web]\nlisten = \"127.0.0.1:0\"\n{api}\n[[routes]]\nname = \"web\"\ncluster = \"web\"\n[routes.match]\npath_prefix = \"/\"\nhost = \"www.example.com\"\n\n[clusters.web]\nendpoints = [\"127.0.0.1:9001\", {{ address = \"127.0.0.1:9002\", weight = 3 }}]\n"
+    )
+}
+
+#[test]
+fn validate_explain_prints_the_routing_table_in_match_order() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "p.toml", &routed(true));
+    let (code, stdout, stderr) = run(&["validate", "-c", "p.toml", "--explain"], dir.path());
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let api = stdout.find("api").unwrap_or_else(|| panic!("{stdout}"));
+    let web = stdout
+        .find("www.example.com")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(api < web, "routes in match order:\n{stdout}");
+    assert!(stdout.contains("/api/"), "{stdout}");
+    assert!(stdout.contains("127.0.0.1:9002"), "{stdout}");
+}
+
+/// An access log of what the old config served, written as Palisade writes it.
+fn access_log(dir: &Path) -> std::path::PathBuf {
+    let mut text = String::new();
+    for (i, (host, path, route, cluster)) in [
+        ("www.example.com", "/api/users", "api", "api"),
+        ("www.example.com", "/api/orders", "api", "api"),
+        ("www.example.com", "/index.html", "web", "web"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let e = palisade::access_log::Entry {
+            request_id: format!("r{i}"),
+            method: "GET".into(),
+            host: host.into(),
+            path: path.into(),
+            status: 200,
+            route: Some(route.into()),
+            cluster: Some(cluster.into()),
+            flags: "-".into(),
+            ..palisade::access_log::Entry::default()
+        };
+        text.push_str(&serde_json::to_string(&e).unwrap());
+        text.push('\n');
+    }
+    text.push_str("not json\n");
+    let path = dir.join("access.log");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn validate_replay_catches_a_change_that_drops_routed_traffic() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "current.toml", &routed(true));
+    write(dir.path(), "new.toml", &routed(false));
+    access_log(dir.path());
+
+    // The new config sends /api/ to the catch-all route: a different route, not lost.
+    let (code, stdout, stderr) = run(
+        &[
+            "validate",
+            "-c",
+            "new.toml",
+            "--replay",
+            "access.log",
+            "--against",
+            "current.toml",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("replayed 3 request(s)"), "{stdout}");
+    assert!(stdout.contains("1 unparsable"), "{stdout}");
+    assert!(
+        stdout.contains("/api/users"),
+        "an example is shown:\n{stdout}"
+    );
+
+    // A config whose only route wants another host loses every request: exit 2.
+    write(
+        dir.path(),
+        "lost.toml",
+        &routed(false).replace("www.example.com", "other.example.com"),
+    );
+    let (code, stdout, stderr) = run(
+        &[
+            "validate",
+            "-c",
+            "lost.toml",
+            "--replay",
+            "access.log",
+            "--against",
+            "current.toml",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, Some(2), "{stdout}{stderr}");
+
+    // The same config against itself changes nothing.
+    let (code, stdout, _) = run(
+        &[
+            "validate",
+            "-c",
+            "current.toml",
+            "--replay",
+            "access.log",
+            "--against",
+            "current.toml",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, Some(0), "{stdout}");
+}

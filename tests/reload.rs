@@ -519,3 +519,22 @@ async fn reloads_under_load_lose_no_request() {
     assert_eq!(h.len(), 20, "{h:?}");
     assert!(h.iter().all(|e| e["outcome"] == "applied"), "{h:?}");
 }
+
+/// bad-inputs row 66: a request in flight during a reload finishes on the config it started
+/// with, even when the new config removes its route and its cluster.
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_config_it_started_with() {
+    let slow = Upstream::start_with("slow", Mode::Slow(Duration::from_millis(400))).await;
+    let other = Upstream::start("other").await;
+    let proxy = Arc::new(Proxy::start(&two_routes(other.addr(), Some(slow.addr()))).await);
+    let in_flight = {
+        let proxy = Arc::clone(&proxy);
+        tokio::spawn(async move { get(&proxy.url("/b")).await })
+    };
+    slow.wait_hits(1).await;
+    let r = post_config(&proxy, &two_routes(other.addr(), None)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(&proxy.url("/b")).await.status, 404, "the route is gone");
+    let rsp = in_flight.await.unwrap();
+    assert_eq!((rsp.status, rsp.upstream()), (200, "slow"));
+}

@@ -167,14 +167,37 @@ pub fn version_of(config: &Config) -> String {
 }
 
 impl Config {
-    /// The config as `/config` shows it: secrets replaced by `"<redacted>"`.
+    /// The config as `/config` and `/config/diff` show it: secrets replaced by `"<redacted>"`
+    /// (the admin token, and the values of credential headers a route sets).
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         if c.admin.auth_token.is_some() {
             c.admin.auth_token = Some("<redacted>".to_owned());
         }
+        for r in &mut c.routes {
+            for rw in [&mut r.request_headers, &mut r.response_headers] {
+                for (name, value) in rw.set.iter_mut().chain(rw.add.iter_mut()) {
+                    if is_credential_header(name) {
+                        "<redacted>".clone_into(value);
+                    }
+                }
+            }
+        }
         c
     }
+}
+
+/// Headers whose values are credentials, by name (case-insensitive).
+fn is_credential_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "authorization" | "proxy-authorization" | "cookie" | "set-cookie"
+    ) || n.contains("token")
+        || n.contains("secret")
+        || n.contains("api-key")
+        || n.contains("apikey")
+        || n.contains("password")
 }
 
 #[cfg(test)]
@@ -229,5 +252,18 @@ mod tests {
         let dump = serde_json::to_string(&c.redacted()).unwrap();
         assert!(!dump.contains("s3cret"));
         assert!(dump.contains("<redacted>"));
+    }
+
+    #[test]
+    fn redaction_hides_credential_headers_a_route_sets() {
+        let c = parse(
+            "[[routes]]\nname = \"r\"\ncluster = \"a\"\nmatch = { path_prefix = \"/\" }\nrequest_headers = { set = { Authorization = \"Bearer abc123\", \"X-Api-Key\" = \"k-42\", \"x-team\" = \"blue\" } }\n[clusters.a]\nendpoints = [\"127.0.0.1:1\"]\n",
+            ".".into(),
+        )
+        .unwrap()
+        .config;
+        let dump = serde_json::to_string(&c.redacted()).unwrap();
+        assert!(!dump.contains("abc123") && !dump.contains("k-42"), "{dump}");
+        assert!(dump.contains("blue"), "{dump}");
     }
 }
