@@ -71,10 +71,16 @@ impl LoggedValues {
 pub fn match_headers(headers: &HeaderMap, names: &[HeaderName]) -> Option<Box<MatchHeaders>> {
     let mut out: Option<Box<MatchHeaders>> = None;
     for name in names {
-        let mut values = headers
-            .get_all(name)
-            .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        // Credentials are logged as present, never by value: the log is read by more people
+        // than the secrets are meant for (a replay of such a route sees "<redacted>").
+        let secret = crate::config::is_credential_header(name.as_str());
+        let mut values = headers.get_all(name).iter().map(|v| {
+            if secret {
+                "<redacted>".to_owned()
+            } else {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+        });
         let Some(first) = values.next() else {
             continue;
         };
@@ -208,6 +214,14 @@ mod tests {
             line["match_headers"],
             serde_json::json!({"x-canary": "1", "x-tier": ["gold", "beta"]})
         );
+    }
+
+    #[test]
+    fn match_headers_never_logs_a_credential() {
+        let mut h = HeaderMap::new();
+        h.append("authorization", "Bearer s3cret".parse().unwrap());
+        let m = match_headers(&h, &[HeaderName::from_static("authorization")]).unwrap();
+        assert_eq!(m["authorization"], LoggedValues::One("<redacted>".into()));
     }
 
     #[test]

@@ -187,6 +187,18 @@ async fn post(
             json_response(&json!({ "state": "draining" }))
         }
         "/upgrade" => {
+            if reloader.config_path().is_none() {
+                return text(
+                    StatusCode::CONFLICT,
+                    "this instance runs an embedded config (demo): there is no binary upgrade\n",
+                );
+            }
+            if reloader
+                .upgrading
+                .load(std::sync::atomic::Ordering::Acquire)
+            {
+                return text(StatusCode::CONFLICT, "an upgrade is already under way\n");
+            }
             tracing::warn!("binary upgrade requested through the admin API");
             reloader.upgrade_requested.notify_one();
             json_response(&json!({ "upgrade": "started" }))
@@ -202,7 +214,7 @@ async fn post(
 /// A reload's report: 200 when it applied (or would), 422 with every problem when it did not.
 fn report(r: &crate::reload::Report) -> Response<Full<Bytes>> {
     let mut resp = json_response(&serde_json::to_value(r).unwrap_or_default());
-    if !r.applied() {
+    if !r.ok() {
         *resp.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
     }
     resp

@@ -212,6 +212,9 @@ fn last_good(path: &std::path::Path) -> Option<Source> {
                 .map(str::to_owned)
         })
         .unwrap_or_else(|| config::ReloadConfig::default().state_dir);
+    if state_dir.is_empty() {
+        return None; // the history was kept in memory only
+    }
     let good = crate::reload::history::History::read_last_good(&base.join(state_dir)).ok()??;
     config::parse(&good.text, good.base_dir).ok()
 }
@@ -345,6 +348,7 @@ fn serve(
         }
     };
     let code = rt.block_on(async move {
+        let mut signals = Signals::register();
         let demo_upstreams = match &cli.command {
             Some(Command::Demo { chaos, .. }) if demo => {
                 Some(crate::demo::Upstreams::start(*chaos).await)
@@ -398,13 +402,19 @@ fn serve(
         if let Some(Ok(u)) = &demo_upstreams {
             crate::demo::print_tour(&running, u);
         }
-        let reloader = std::sync::Arc::clone(&running.reloader);
-        let hup = tokio::spawn(reload_on_hangup(std::sync::Arc::clone(&reloader)));
+        let hup = signals.hup.take().map(|hup| {
+            tokio::spawn(reload_on_hangup(
+                std::sync::Arc::clone(&running.reloader),
+                hup,
+            ))
+        });
         let succession = (!demo)
             .then(|| crate::server::succession::Succession::current(&cli.config, cli.verbose).ok())
             .flatten();
-        let handed_over = serve_until_stop(&running, succession.as_ref()).await;
-        hup.abort();
+        let handed_over = serve_until_stop(&running, succession.as_ref(), &mut signals).await;
+        if let Some(h) = hup {
+            h.abort();
+        }
         if handed_over {
             running.hand_off().await;
             return ExitCode::SUCCESS;
@@ -413,8 +423,8 @@ fn serve(
             clippy::exit,
             reason = "a second signal means the operator wants out now, without draining"
         )]
-        tokio::spawn(async {
-            wait_for_signal().await;
+        tokio::spawn(async move {
+            signals.stop().await;
             tracing::warn!("second signal: exiting now");
             std::process::exit(1);
         });
@@ -426,30 +436,65 @@ fn serve(
     code
 }
 
+/// The process's signal streams, registered before anything serves: a signal sent the moment
+/// Palisade says it is live is handled, never fatal (the default action of HUP, USR2 and TERM is
+/// to end the process).
+struct Signals {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+    hup: Option<tokio::signal::unix::Signal>,
+    usr2: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn register() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            term: signal(SignalKind::terminate()).ok(),
+            int: signal(SignalKind::interrupt()).ok(),
+            hup: signal(SignalKind::hangup()).ok(),
+            usr2: signal(SignalKind::user_defined2()).ok(),
+        }
+    }
+
+    /// SIGTERM or SIGINT. Without handlers, never (the process runs until killed).
+    async fn stop(&mut self) {
+        stop(self.term.as_mut(), self.int.as_mut()).await;
+    }
+}
+
+async fn stop(
+    term: Option<&mut tokio::signal::unix::Signal>,
+    int: Option<&mut tokio::signal::unix::Signal>,
+) {
+    tokio::select! {
+        Some(()) = recv(term) => tracing::info!("SIGTERM received"),
+        Some(()) = recv(int) => tracing::info!("SIGINT received"),
+    }
+}
+
+/// The next delivery of one signal; `None` (never, in a select) without a handler.
+async fn recv(signal: Option<&mut tokio::signal::unix::Signal>) -> Option<()> {
+    match signal {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Serves until SIGTERM/SIGINT or `POST /drain` (false), or until a binary upgrade has handed
 /// over (true). SIGUSR2 and `POST /upgrade` start an upgrade; a failed one changes nothing.
 async fn serve_until_stop(
     running: &crate::server::Running,
     succession: Option<&crate::server::succession::Succession>,
+    signals: &mut Signals,
 ) -> bool {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut usr2 = signal(SignalKind::user_defined2()).ok();
-    let stop = wait_for_signal();
-    tokio::pin!(stop);
+    let reloader = &running.reloader;
     loop {
-        let upgrade = async {
-            match usr2.as_mut() {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
-            () = &mut stop => return false,
-            () = running.reloader.drain_requested.cancelled() => return false,
-            () = upgrade => {}
-            () = running.reloader.upgrade_requested.notified() => {}
+            () = stop(signals.term.as_mut(), signals.int.as_mut()) => return false,
+            () = reloader.drain_requested.cancelled() => return false,
+            Some(()) = recv(signals.usr2.as_mut()) => tracing::warn!("SIGUSR2 received"),
+            () = reloader.upgrade_requested.notified() => {}
         }
         let Some(s) = succession else {
             tracing::warn!(
@@ -458,7 +503,14 @@ async fn serve_until_stop(
             continue;
         };
         tracing::warn!("binary upgrade: starting the new process");
-        match s.hand_over(running).await {
+        reloader
+            .upgrading
+            .store(true, std::sync::atomic::Ordering::Release);
+        let result = s.hand_over(running).await;
+        reloader
+            .upgrading
+            .store(false, std::sync::atomic::Ordering::Release);
+        match result {
             Ok(()) => return true,
             Err(e) => {
                 tracing::error!(error = %e, "binary upgrade failed; this process goes on serving");
@@ -468,33 +520,15 @@ async fn serve_until_stop(
 }
 
 /// SIGHUP: reload the config file (nginx's meaning).
-async fn reload_on_hangup(reloader: std::sync::Arc<crate::reload::Reloader>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot handle SIGHUP; reload through the admin API instead");
-        return;
-    };
+async fn reload_on_hangup(
+    reloader: std::sync::Arc<crate::reload::Reloader>,
+    mut hup: tokio::signal::unix::Signal,
+) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading the config file");
         let report = reloader
             .reload_file(crate::reload::history::Trigger::Signal)
             .await;
         tracing::info!(result = report.result, "SIGHUP reload done");
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        // Without signal handlers we can only run until killed.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
     }
 }

@@ -45,6 +45,8 @@ pub struct HttpPolicy {
 #[derive(Debug)]
 pub struct Snapshot {
     pub version: String,
+    /// What validation accepted but warned about (a reload reports them).
+    pub warnings: Vec<Problem>,
     pub config: Arc<Config>,
     pub router: Router,
     pub clusters: HashMap<Arc<str>, Arc<Cluster>>,
@@ -267,6 +269,7 @@ pub async fn compile(
         }
     }
     Ok(Snapshot {
+        warnings: diagnostics.warnings,
         request_metrics,
         version: config::version_of(config),
         config: Arc::new(config.clone()),

@@ -187,8 +187,9 @@ impl Config {
     }
 }
 
-/// Headers whose values are credentials, by name (case-insensitive).
-fn is_credential_header(name: &str) -> bool {
+/// Headers whose values are credentials, by name (case-insensitive): redacted in config dumps and
+/// never written to the access log.
+pub fn is_credential_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();
     matches!(
         n.as_str(),

@@ -40,7 +40,8 @@ use crate::{
 /// What one reload did: the admin API's answer and the log line's fields.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    /// `applied`, `unchanged` (same version: only certificates were re-read) or `rejected`.
+    /// `applied`; `unchanged` (same version: the files it names, certificates and CA files, were
+    /// re-read); `valid` (`POST /config/validate`: it would apply); or `rejected`.
     pub result: &'static str,
     /// The history entry, when one was written.
     pub seq: Option<u64>,
@@ -49,14 +50,16 @@ pub struct Report {
     /// The version running before (and still running, when rejected).
     pub running: String,
     pub problems: Vec<String>,
-    /// Accepted, but worth knowing (settings that only apply at the next start).
+    /// Accepted, but worth knowing: validation's warnings, and settings that only apply at the
+    /// next start.
     pub warnings: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub diff: Option<ConfigDiff>,
 }
 
 impl Report {
-    pub fn applied(&self) -> bool {
+    /// Anything but `rejected`.
+    pub fn ok(&self) -> bool {
         self.result != "rejected"
     }
 }
@@ -71,6 +74,8 @@ pub struct Reloader {
     pub drain_requested: CancellationToken,
     /// `POST /upgrade` (SIGUSR2 is the other way): start the new binary and hand over.
     pub upgrade_requested: tokio::sync::Notify,
+    /// An upgrade is under way (a second request is refused rather than queued).
+    pub upgrading: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Reloader {
@@ -123,6 +128,7 @@ impl Reloader {
             }),
             drain_requested: CancellationToken::new(),
             upgrade_requested: tokio::sync::Notify::new(),
+            upgrading: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -217,17 +223,30 @@ impl Reloader {
         match config::parse(&text, base_dir) {
             Ok(source) => {
                 let reason = format!("rollback to {target} requested");
+                let undone = state
+                    .history
+                    .entries()
+                    .iter()
+                    .rev()
+                    .find(|e| e.outcome == Outcome::Applied && e.version == running)
+                    .map(|e| e.seq);
                 let report = apply_locked(
                     &self.shared,
                     &mut state,
                     source,
                     Trigger::Rollback,
-                    Some(reason),
+                    Some(reason.clone()),
                 )
                 .await;
-                if report.applied() {
+                if report.result == "applied" {
                     metrics::counter!("palisade_config_rollbacks_total", "kind" => "manual")
                         .increment(1);
+                    // The undone change leaves the undo stack: the next rollback goes further back.
+                    if let Some(seq) = undone
+                        && let Err(e) = state.history.mark_rolled_back(seq, &reason)
+                    {
+                        tracing::warn!(error = %e, "cannot write the config history");
+                    }
                 }
                 report
             }
@@ -257,23 +276,27 @@ impl Reloader {
             Judgement::Passed { quiet } => {
                 tracing::info!(version = %b.version, quiet, "config change baked without regression");
                 state.baking = None;
+                // Only now is it "known good".
+                save_last_good(&mut state);
             }
             Judgement::Regressed { reason } => {
                 let Some(b) = state.baking.take() else { return };
                 tracing::error!(version = %b.version, back_to = %config::version_of(&b.previous.config), %reason, "config change regressed traffic: rolling back");
-                if let Err(e) = state.history.mark_rolled_back(b.seq, &reason) {
-                    tracing::warn!(error = %e, "cannot write the config history");
-                }
-                metrics::counter!("palisade_config_rollbacks_total", "kind" => "auto").increment(1);
                 let report = apply_locked(
                     &self.shared,
                     &mut state,
                     b.previous,
                     Trigger::AutoRollback,
-                    Some(reason),
+                    Some(reason.clone()),
                 )
                 .await;
-                if !report.applied() {
+                if report.ok() {
+                    metrics::counter!("palisade_config_rollbacks_total", "kind" => "auto")
+                        .increment(1);
+                    if let Err(e) = state.history.mark_rolled_back(b.seq, &reason) {
+                        tracing::warn!(error = %e, "cannot write the config history");
+                    }
+                } else {
                     tracing::error!(problems = ?report.problems, "automatic rollback failed; the regressed config stays");
                 }
             }
@@ -331,13 +354,14 @@ impl Reloader {
             .collect()
     }
 
-    /// Stops accepting on every listener and waits for their connections to drain.
-    pub async fn shutdown_listeners(&self) {
+    /// Stops accepting on every listener and waits for their connections to drain (`linger`:
+    /// see `ListenerSet::shutdown`).
+    pub async fn shutdown_listeners(&self, linger: bool) {
         let mut listeners = {
             let mut state = self.state.lock().await;
             std::mem::take(&mut state.listeners)
         };
-        listeners.shutdown().await;
+        listeners.shutdown(linger).await;
     }
 
     async fn base_dir(&self) -> PathBuf {
@@ -363,36 +387,7 @@ async fn apply_locked(
     let current = shared.load();
     let version = config::version_of(&source.config);
     let drain_timeout = source.config.shutdown.drain_timeout.get();
-    if version == current.version {
-        // Same config: only files it names can have changed (rotated certificates).
-        return match state
-            .listeners
-            .prepare(&source.config, &source.base_dir, &mut HashMap::new())
-        {
-            Ok(prepared) => {
-                state.listeners.apply(prepared, shared, drain_timeout);
-                tracing::info!(%version, ?trigger, "config unchanged; certificates re-read");
-                state.source = source;
-                Report {
-                    result: "unchanged",
-                    seq: None,
-                    version: Some(version),
-                    running: current.version.clone(),
-                    problems: Vec::new(),
-                    warnings: Vec::new(),
-                    diff: None,
-                }
-            }
-            Err(problems) => refused(
-                state,
-                trigger,
-                Some(version),
-                &current.version,
-                lines(&problems),
-                Vec::new(),
-            ),
-        };
-    }
+    let unchanged = version == current.version;
     let snapshot = match snapshot::compile(&source, Some(&current)).await {
         Ok(s) => s,
         Err(e) => {
@@ -424,13 +419,29 @@ async fn apply_locked(
                 );
             }
         };
-    let warnings = restart_only(&current.config, &source.config);
-    let change = diff::diff(&current.config, &source.config);
+    let mut warnings = lines(&snapshot.warnings);
+    warnings.extend(restart_only(&current.config, &source.config));
 
     // The point of no return: from here the new config serves.
     let old = shared.swap(snapshot);
     old.retire();
     state.listeners.apply(prepared, shared, drain_timeout);
+    if unchanged {
+        // Same config: only the files it names can have changed (rotated certificates, CA
+        // files), and they were just read again. Not a change for the history or the bake.
+        tracing::info!(%version, ?trigger, "config unchanged; certificates and CA files re-read");
+        state.source = source;
+        return Report {
+            result: "unchanged",
+            seq: None,
+            version: Some(version),
+            running: old.version.clone(),
+            problems: Vec::new(),
+            warnings,
+            diff: None,
+        };
+    }
+    let change = diff::diff(&current.config, &source.config);
     crate::metrics::config_version(Some(&old.version), &version);
     metrics::counter!("palisade_config_reloads_total", "result" => "success").increment(1);
     metrics::gauge!("palisade_config_last_reload_success_timestamp_seconds").set(unix_now());
@@ -454,12 +465,6 @@ async fn apply_locked(
             state.history.entries().last().map(|e| e.seq)
         }
     };
-    if let Err(e) = state
-        .history
-        .save_last_good(&version, &source.base_dir, &source.text)
-    {
-        tracing::warn!(error = %e, "cannot save the last known good config");
-    }
     tracing::info!(%version, previous = %old.version, ?trigger, reason = reason.as_deref().unwrap_or("-"), changes = %change.summary(), "config applied");
     for w in &warnings {
         tracing::warn!(warning = %w, "config change needs a restart");
@@ -481,6 +486,10 @@ async fn apply_locked(
         }
         _ => None,
     };
+    // A change under bake becomes the last known good config when it passes (`tick`).
+    if state.baking.is_none() {
+        save_last_good(state);
+    }
     Report {
         result: "applied",
         seq,
@@ -532,6 +541,18 @@ fn refused(
     }
 }
 
+/// Records the running config as the last known good one.
+fn save_last_good(state: &mut State) {
+    let source = &state.source;
+    let version = config::version_of(&source.config);
+    if let Err(e) = state
+        .history
+        .save_last_good(&version, &source.base_dir, &source.text)
+    {
+        tracing::warn!(error = %e, "cannot save the last known good config");
+    }
+}
+
 /// Settings read once at start: a change to them is accepted but waits for a restart (or an
 /// upgrade), and the operator is told so.
 fn restart_only(old: &Config, new: &Config) -> Vec<String> {
@@ -547,6 +568,21 @@ fn restart_only(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.log != new.log {
         w.push("log: the log level and format change at the next start".to_owned());
+    }
+    let (a, b) = (&old.reload, &new.reload);
+    if (&a.watch, &a.watch_debounce, &a.state_dir, &a.history)
+        != (&b.watch, &b.watch_debounce, &b.state_dir, &b.history)
+    {
+        w.push(
+            "reload: watch, watch_debounce, state_dir and history change at the next start"
+                .to_owned(),
+        );
+    }
+    if old.shutdown.drain_timeout != new.shutdown.drain_timeout {
+        w.push(
+            "shutdown.drain_timeout: listeners that keep running keep the one they started with"
+                .to_owned(),
+        );
     }
     w
 }

@@ -1,4 +1,5 @@
-//! The config file watch: reload when the file, or a certificate or key it names, changes.
+//! The config file watch: reload when the file, or a certificate, key or CA file it names,
+//! changes.
 //!
 //! It watches directories, not files: editors and `kubectl` replace files by rename, and
 //! Kubernetes swaps a ConfigMap's `..data` symlink, which a watch on the file itself never sees.
@@ -27,9 +28,12 @@ use super::{Reloader, history::Trigger};
 const POLL: Duration = Duration::from_secs(10);
 
 /// Runs until `stop`. Without a working watcher (no inotify), the poll alone carries on.
+/// `applied`: the text the running config was parsed from, so that an edit made between start-up
+/// and this task's first look is seen as a change.
 pub async fn run(
     reloader: Arc<Reloader>,
     path: PathBuf,
+    applied: String,
     debounce: Duration,
     stop: CancellationToken,
 ) {
@@ -45,7 +49,7 @@ pub async fn run(
         }
     };
     let mut watched = BTreeSet::new();
-    let mut last = fingerprint(&path).0;
+    let mut last = fingerprint_of(&path, applied.into_bytes()).0;
     loop {
         // The set of directories follows the config (certificates may move).
         let (_, dirs) = fingerprint(&path);
@@ -87,21 +91,34 @@ pub async fn run(
 /// A hash of the config file and of every certificate and key it names, and the directories
 /// they are in. Unreadable files hash as empty (a deleted file is a change too).
 fn fingerprint(path: &Path) -> (Vec<u8>, BTreeSet<PathBuf>) {
+    fingerprint_of(path, std::fs::read(path).unwrap_or_default())
+}
+
+/// [`fingerprint`] of the config text `text` (as if read from `path`).
+fn fingerprint_of(path: &Path, text: Vec<u8>) -> (Vec<u8>, BTreeSet<PathBuf>) {
     let mut h = Sha256::new();
     let mut dirs = BTreeSet::new();
     dirs.insert(parent(path));
-    let text = std::fs::read(path).unwrap_or_default();
     h.update(&text);
-    if let Ok(source) = crate::config::load_file(path) {
-        for l in source.config.listeners.values() {
-            for c in l.tls.iter().flat_map(|t| &t.certificates) {
-                for f in [&c.cert, &c.key] {
-                    let p = source.base_dir.join(f);
-                    h.update(p.as_os_str().as_encoded_bytes());
-                    h.update(std::fs::read(&p).unwrap_or_default());
-                    dirs.insert(parent(&p));
-                }
-            }
+    let parsed = String::from_utf8(text)
+        .ok()
+        .and_then(|t| crate::config::parse(&t, parent(path)).ok());
+    if let Some(source) = parsed {
+        let c = &source.config;
+        let certs = c
+            .listeners
+            .values()
+            .flat_map(|l| l.tls.iter().flat_map(|t| &t.certificates))
+            .flat_map(|c| [&c.cert, &c.key]);
+        let cas = c
+            .clusters
+            .values()
+            .filter_map(|c| c.tls.as_ref()?.ca_file.as_ref());
+        for f in certs.chain(cas) {
+            let p = source.base_dir.join(f);
+            h.update(p.as_os_str().as_encoded_bytes());
+            h.update(std::fs::read(&p).unwrap_or_default());
+            dirs.insert(parent(&p));
         }
     }
     (h.finalize().to_vec(), dirs)

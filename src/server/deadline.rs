@@ -52,6 +52,8 @@ pub struct Activity {
     /// The connection's reader, parked while a request was busy: hyper does not read again on its
     /// own after answering, so the last request to finish wakes it to start the idle clock.
     reader: AtomicWaker,
+    /// A draining connection waiting for its next request (`listener.rs`, upgrade drain).
+    next_request: AtomicWaker,
 }
 
 impl Activity {
@@ -59,7 +61,27 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> ActiveGuard {
         self.begun.fetch_add(1, Ordering::AcqRel);
         self.active.fetch_add(1, Ordering::AcqRel);
+        self.next_request.wake();
         ActiveGuard(Arc::clone(self))
+    }
+
+    /// Whether a request is in progress on this connection.
+    pub fn is_busy(&self) -> bool {
+        self.busy()
+    }
+
+    /// Resolves when a request begins after this call (or at once if one is in progress).
+    pub async fn request_begun(&self) {
+        let base = self.begun.load(Ordering::Acquire);
+        std::future::poll_fn(|cx| {
+            self.next_request.register(cx.waker());
+            if self.busy() || self.begun.load(Ordering::Acquire) != base {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await;
     }
 
     /// The connection became a tunnel: no more header or idle deadlines from here.

@@ -8,7 +8,10 @@
 use std::{
     io,
     net::SocketAddr,
-    sync::{Arc, PoisonError},
+    sync::{
+        Arc, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -121,11 +124,17 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 ///
 /// `ctx` changes on reload: each new connection takes the latest settings, connections already open
 /// keep the ones they started with, and a new `max_connections` resizes the cap in place.
+///
+/// `linger` (read when `stop` fires) chooses how idle HTTP/1 connections drain: closed at once
+/// (shutdown: the load balancer has stopped sending already), or kept until their next request,
+/// which is answered with `Connection: close` (binary upgrade: the client is still sending, and
+/// closing an idle keep-alive connection races with its next request, which would be lost).
 pub async fn serve(
     listener: Arc<TcpListener>,
     mut ctx_rx: watch::Receiver<Arc<ListenerCtx>>,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    linger: Arc<AtomicBool>,
     drain_timeout: Duration,
 ) {
     let mut ctx = Arc::clone(&ctx_rx.borrow_and_update());
@@ -133,8 +142,11 @@ pub async fn serve(
     let cap = Arc::new(Semaphore::new(cap_size));
     let connections = TaskTracker::new();
     // Tells every connection to finish: HTTP/1 after its current response (`Connection: close`),
-    // HTTP/2 with GOAWAY, idle ones at once.
-    let drain = CancellationToken::new();
+    // HTTP/2 with GOAWAY, idle ones at once (or after one more request: `linger`).
+    let drain = Drain {
+        token: CancellationToken::new(),
+        linger: Arc::clone(&linger),
+    };
     loop {
         if ctx_rx.has_changed().unwrap_or(false) {
             ctx = Arc::clone(&ctx_rx.borrow_and_update());
@@ -183,14 +195,36 @@ pub async fn serve(
         });
     }
     drop(listener);
-    tracing::info!(listener = %ctx.name, "stopped accepting; draining connections");
-    drain.cancel();
+    tracing::info!(listener = %ctx.name, linger = drain.lingers(), "stopped accepting; draining connections");
+    drain.token.cancel();
     connections.close();
     if tokio::time::timeout(drain_timeout, connections.wait())
         .await
         .is_err()
     {
         tracing::warn!(listener = %ctx.name, "drain timeout reached; closing remaining connections");
+    }
+}
+
+/// How a listener's connections are told to finish.
+#[derive(Clone)]
+struct Drain {
+    token: CancellationToken,
+    linger: Arc<AtomicBool>,
+}
+
+impl Drain {
+    fn lingers(&self) -> bool {
+        self.linger.load(Ordering::Acquire)
+    }
+
+    /// Resolves when a connection that is idle now must close: at once, or (lingering) never
+    /// (it closes after its next request or at its idle timeout).
+    async fn closes_idle(&self) {
+        self.token.cancelled().await;
+        if self.lingers() {
+            std::future::pending::<()>().await;
+        }
     }
 }
 
@@ -221,7 +255,7 @@ async fn serve_connection(
     peer: SocketAddr,
     ctx: &Arc<ListenerCtx>,
     shared: Arc<Shared>,
-    drain: &CancellationToken,
+    drain: &Drain,
 ) {
     let activity = Arc::new(Activity::default());
     let tls = ctx.tls.is_some();
@@ -245,7 +279,7 @@ async fn serve_tls(
     info: Arc<ConnInfo>,
     ctx: &ListenerCtx,
     shared: &Arc<Shared>,
-    drain: &CancellationToken,
+    drain: &Drain,
 ) {
     let cfg = &ctx.config;
     let (header, idle) = (cfg.header_read_timeout.get(), cfg.idle_timeout.get());
@@ -265,7 +299,7 @@ async fn serve_tls(
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = DeadlineIo::new(tls, Arc::clone(&info.activity), header, idle, Some(h2));
-    drive(io, &info, shared, ctx, drain).await;
+    drive(io, &info, shared, ctx, drain, Some(h2)).await;
 }
 
 /// Plaintext connections: served by hyper while in use, and held with no buffer at all while idle
@@ -276,7 +310,7 @@ async fn serve_plain(
     info: Arc<ConnInfo>,
     ctx: &ListenerCtx,
     shared: &Arc<Shared>,
-    drain: &CancellationToken,
+    drain: &Drain,
 ) {
     let cfg = &ctx.config;
     let (header, idle) = (cfg.header_read_timeout.get(), cfg.idle_timeout.get());
@@ -285,7 +319,7 @@ async fn serve_plain(
         let slot: Slot<TcpStream> = Arc::default();
         let io = DeadlineIo::new(stream, Arc::clone(&info.activity), header, idle, h2)
             .with_release(Arc::clone(&slot));
-        drive(io, &info, shared, ctx, drain).await;
+        drive(io, &info, shared, ctx, drain, h2).await;
         let Some((idle_stream, idle_since)) =
             slot.lock().unwrap_or_else(PoisonError::into_inner).take()
         else {
@@ -296,7 +330,7 @@ async fn serve_plain(
         tokio::select! {
             r = idle_stream.readable() => if r.is_err() { return },
             () = tokio::time::sleep(left) => return,
-            () = drain.cancelled() => return,
+            () = drain.closes_idle() => return,
         }
         stream = idle_stream;
         h2 = Some(false);
@@ -304,15 +338,18 @@ async fn serve_plain(
 }
 
 /// Runs hyper on one connection until it ends, or until drain asks it to finish gracefully.
+/// `h2`: the protocol when already known (ALPN, or HTTP/1 after an idle release).
 async fn drive<T>(
     io: DeadlineIo<T>,
     info: &Arc<ConnInfo>,
     shared: &Arc<Shared>,
     ctx: &ListenerCtx,
-    drain: &CancellationToken,
+    drain: &Drain,
+    h2: Option<bool>,
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = Arc::clone(&info.activity);
     let (info, shared) = (Arc::clone(info), Arc::clone(shared));
     let svc = service_fn(move |req: Request<Incoming>| {
         // Boxed so an idle keep-alive connection does not carry the (large) request future inline.
@@ -330,7 +367,21 @@ async fn drive<T>(
             }
             return;
         }
-        () = drain.cancelled() => {}
+        () = drain.token.cancelled() => {}
+    }
+    // Lingering, an idle HTTP/1 connection (or one accepted a moment before the drain, whose
+    // request has not arrived yet) is shut only once its next request has begun, so that request
+    // is answered (with `Connection: close`) instead of being cut. HTTP/2's GOAWAY has no race.
+    if drain.lingers() && h2 != Some(true) && !activity.is_busy() {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::trace!(listener = %ctx.name, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = activity.request_begun() => {}
+        }
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;

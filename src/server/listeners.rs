@@ -13,7 +13,10 @@ use std::{
     net::SocketAddr,
     os::fd::{AsFd, BorrowedFd},
     path::Path,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -45,6 +48,9 @@ pub struct ListenerSet {
     tasks: TaskTracker,
     /// Cancels every accept loop (shutdown).
     stop: CancellationToken,
+    /// Read by every accept loop when it stops: whether idle connections linger for one more
+    /// request (upgrade) or close at once (see `listener::serve`).
+    linger: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for ListenerSet {
@@ -75,6 +81,7 @@ impl Default for ListenerSet {
             running: BTreeMap::new(),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
+            linger: Arc::new(AtomicBool::new(false)),
         }
     }
 }
@@ -103,7 +110,12 @@ impl ListenerSet {
                 continue; // validation reported it
             };
             let ctx = Arc::new(ListenerCtx::new(name, l.clone(), acceptor));
-            let socket = if let Some(std) = inherited.remove(name) {
+            // An inherited socket serves only if it is still the configured address (the new
+            // config may have moved the listener); otherwise it is dropped and a new one bound.
+            let inherited = inherited
+                .remove(name)
+                .filter(|s| s.local_addr().is_ok_and(|a| addr.port() == 0 || a == addr));
+            let socket = if let Some(std) = inherited {
                 match TcpListener::from_std(std) {
                     Ok(s) => Socket::Reuse(Arc::new(s)),
                     Err(e) => {
@@ -181,6 +193,7 @@ impl ListenerSet {
                 rx,
                 Arc::clone(shared),
                 stop.clone(),
+                Arc::clone(&self.linger),
                 drain_timeout,
             ));
             tracing::info!(listener = %name, address = %local, "listening");
@@ -219,8 +232,10 @@ impl ListenerSet {
     }
 
     /// Stops every accept loop and waits for their connections to drain (each loop bounds its own
-    /// drain by `drain_timeout`).
-    pub async fn shutdown(&mut self) {
+    /// drain by `drain_timeout`). `linger`: idle HTTP/1 connections stay open for one more request
+    /// (a binary upgrade, where clients are still sending) instead of closing at once.
+    pub async fn shutdown(&mut self, linger: bool) {
+        self.linger.store(linger, Ordering::Release);
         self.stop.cancel();
         self.running.clear();
         self.tasks.close();

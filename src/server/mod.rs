@@ -93,7 +93,11 @@ pub async fn start_with(source: &Source, mut options: Options) -> Result<Running
         .listen
         .parse()
         .map_err(|_| ConfigError::one("admin.listen", "not an address"))?;
-    let admin_sock = match options.inherited.remove("admin") {
+    let inherited_admin = options
+        .inherited
+        .remove(succession::ADMIN)
+        .filter(|s| s.local_addr().is_ok_and(|a| a == admin_addr));
+    let admin_sock = match inherited_admin {
         Some(s) => tokio::net::TcpListener::from_std(s),
         None => admin::bind(admin_addr),
     };
@@ -141,6 +145,7 @@ pub async fn start_with(source: &Source, mut options: Options) -> Result<Running
         tokio::spawn(crate::reload::watch::run(
             Arc::clone(&reloader),
             path.clone(),
+            source.text.clone(),
             config.reload.watch_debounce.get(),
             background.clone(),
         ));
@@ -223,18 +228,20 @@ impl Running {
         tracing::info!(?drain_delay, "draining: /ready now answers 503");
         tokio::time::sleep(drain_delay).await;
         self.background.cancel();
-        self.reloader.shutdown_listeners().await;
+        self.reloader.shutdown_listeners(false).await;
         self.admin_stop.cancel();
         self.shared.load().retire();
         tracing::info!("drained; exiting");
     }
 
     /// Stops accepting at once (the sockets now belong to an upgraded process), then drains.
+    /// The admin loop stops first: the new process answers the shared admin socket, so `/ready`
+    /// probes never meet this one's "draining".
     pub async fn hand_off(self) {
+        self.admin_stop.cancel();
         self.shared.set_state(State::Draining);
         self.background.cancel();
-        self.reloader.shutdown_listeners().await;
-        self.admin_stop.cancel();
+        self.reloader.shutdown_listeners(true).await;
         self.shared.load().retire();
         tracing::info!("handed over to the new process and drained; exiting");
     }
