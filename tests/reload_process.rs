@@ -607,3 +607,32 @@ async fn palisade_upgrade_command_asks_the_running_process() {
     })
     .await;
 }
+
+/// `POST /drain` drains on demand, as SIGTERM does: the request in flight completes, then the
+/// process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_drain_drains_and_exits() {
+    let slow = support::Upstream::start_with(
+        "slow",
+        support::Mode::Slow(std::time::Duration::from_millis(300)),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("palisade.toml");
+    let ports = Ports::free();
+    std::fs::write(
+        &path,
+        config(&ports, slow.addr(), slow.addr(), "a", NO_WATCH),
+    )
+    .unwrap();
+    let mut p = start(&path, &[]);
+    let web = ports.web;
+    let in_flight = tokio::spawn(async move { get(&format!("http://{web}/")).await });
+    slow.wait_hits(1).await;
+    let r = support::send(client().post(format!("http://{}/drain", ports.admin))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rsp = in_flight.await.unwrap();
+    assert_eq!(rsp.status, 200);
+    let status = tokio::task::block_in_place(|| p.wait_exit(STEP));
+    assert!(status.success(), "{status:?}");
+}
