@@ -111,9 +111,12 @@ impl Route {
 /// Every route of a config, compiled, with a host index over them.
 ///
 /// Routes are looked up by the request's host in two maps (exact names, and wildcard suffixes: the
-/// host minus its first label) plus the list of routes without a host condition. Each list holds
-/// route indexes in increasing order, and lookup walks the (at most three) lists merged by index,
-/// so the first route that matches is exactly the first one a linear scan of the file would find.
+/// host minus its first label). Routes without a host condition are indexed by path where their
+/// path allows it: an exact path in one map, a prefix that spans a whole first segment (`/api/…`)
+/// in another, by that segment; the rest (`/`, `/ap`, regexes, no path) stay in one list that every
+/// request scans. Each list holds route indexes in increasing order, and lookup walks the (at most
+/// five) lists merged by index, so the first route that matches is exactly the first one a linear
+/// scan of the file would find, and a config of a thousand routes costs about what ten do.
 #[derive(Debug)]
 pub struct Router {
     routes: Vec<Route>,
@@ -123,7 +126,12 @@ pub struct Router {
     exact_hosts: HashMap<Box<str>, Vec<usize>>,
     /// Lowercase `example.com` for `*.example.com` → routes listing that wildcard.
     wildcard_suffixes: HashMap<Box<str>, Vec<usize>>,
-    /// Routes with no host condition: candidates for every request.
+    /// Host-less routes with an exact path, by that path.
+    any_host_exact: HashMap<Box<str>, Vec<usize>>,
+    /// Host-less routes whose prefix spans a whole first segment (`/api/…`), by that segment
+    /// (`api`): only a path with that first segment can start with the prefix.
+    any_host_segment: HashMap<Box<str>, Vec<usize>>,
+    /// The other host-less routes: candidates for every request.
     any_host: Vec<usize>,
     /// Every header some route matches on, lowercase, once each, in first-use order: what the
     /// access log records so a log can be re-routed (`route::whatif`). Empty in the usual case.
@@ -144,6 +152,8 @@ impl Router {
             matchers: Vec::with_capacity(routes.len()),
             exact_hosts: HashMap::new(),
             wildcard_suffixes: HashMap::new(),
+            any_host_exact: HashMap::new(),
+            any_host_segment: HashMap::new(),
             any_host: Vec::new(),
             header_names: Vec::new(),
         };
@@ -169,7 +179,15 @@ impl Router {
                     .map_err(context)?,
             });
             if hosts.is_empty() {
-                router.any_host.push(index);
+                let list = match router.matchers.last().map(|m| &m.path) {
+                    Some(PathMatch::Exact(p)) => router.any_host_exact.entry(p.clone()).or_default(),
+                    Some(PathMatch::Prefix(p)) => match whole_first_segment(p) {
+                        Some(seg) => router.any_host_segment.entry(seg.into()).or_default(),
+                        None => &mut router.any_host,
+                    },
+                    _ => &mut router.any_host,
+                };
+                list.push(index);
             }
             for host in hosts {
                 let bucket = match host {
@@ -201,13 +219,25 @@ impl Router {
     /// The first route in file order whose every condition holds, or `None` (the caller's 404).
     pub fn route(&self, req: &RouteRequest<'_>) -> Option<&Route> {
         let host = req.host.map(normalize_host).filter(|h| !h.is_empty());
+        // Host-less candidates by path (the maps are empty, and skipped, in most configs).
+        let by_path = if self.any_host_exact.is_empty() {
+            &[][..]
+        } else {
+            self.any_host_exact
+                .get(req.path)
+                .map_or(&[][..], Vec::as_slice)
+        };
+        let by_segment = if self.any_host_segment.is_empty() {
+            &[][..]
+        } else {
+            first_segment(req.path)
+                .and_then(|seg| self.any_host_segment.get(seg))
+                .map_or(&[][..], Vec::as_slice)
+        };
+        let ok = |i| self.matches_rest(i, req);
         let found = match host {
             // No host: only routes without a host condition can match.
-            None => self
-                .any_host
-                .iter()
-                .copied()
-                .find(|&i| self.matches_rest(i, req)),
+            None => first_in_order([by_path, by_segment, &self.any_host], ok),
             Some(host) => {
                 let mut buf: [u8; HOST_BUF];
                 let owned: String;
@@ -238,9 +268,7 @@ impl Router {
                         .map_or(&[][..], Vec::as_slice),
                     _ => &[][..],
                 };
-                first_in_order(exact, wildcard, &self.any_host, |i| {
-                    self.matches_rest(i, req)
-                })
+                first_in_order([exact, wildcard, by_path, by_segment, &self.any_host], ok)
             }
         };
         found.and_then(|i| self.routes.get(i))
@@ -256,42 +284,40 @@ impl Router {
     }
 }
 
-/// Returns the first route index, in increasing order over the union of the host-specific lists
-/// (`exact`, `wildcard`) and the host-less list `any`, that `ok` accepts. All lists are sorted; a
-/// route may be in both host-specific lists (it names `x.a.com` and `*.a.com`) but never in `any`
-/// as well. Walking them merged (instead of scanning every route) is what lets the index skip
-/// routes while keeping first-match-in-file-order exact. Host-specific lists are short, so the
-/// host-less routes between two of their entries are scanned as a plain slice.
-fn first_in_order<'a>(
-    mut exact: &'a [usize],
-    mut wildcard: &'a [usize],
-    mut any: &'a [usize],
+/// Returns the first route index, in increasing order over the union of `lists` (each sorted),
+/// that `ok` accepts. A route may be in several lists (it names `x.a.com` and `*.a.com`); it is
+/// tried once. Walking the lists merged, instead of scanning every route, is what lets the indexes
+/// skip routes while keeping first-match-in-file-order exact.
+fn first_in_order<const N: usize>(
+    mut lists: [&[usize]; N],
     ok: impl Fn(usize) -> bool,
 ) -> Option<usize> {
     loop {
-        let next = match (exact.first(), wildcard.first()) {
-            (Some(&e), Some(&w)) => e.min(w),
-            (Some(&e), None) => e,
-            (None, Some(&w)) => w,
-            (None, None) => break,
-        };
-        for list in [&mut exact, &mut wildcard] {
+        let next = lists.iter().filter_map(|l| l.first().copied()).min()?;
+        for list in &mut lists {
             if let Some((&head, rest)) = list.split_first()
                 && head == next
             {
                 *list = rest;
             }
         }
-        let (before, after) = any.split_at(any.partition_point(|&i| i < next));
-        if let Some(i) = before.iter().copied().find(|&i| ok(i)) {
-            return Some(i);
-        }
-        any = after;
         if ok(next) {
             return Some(next);
         }
     }
-    any.iter().copied().find(|&i| ok(i))
+}
+
+/// `api` for a prefix `/api/…` (the first segment, when the prefix spans all of it, up to its
+/// closing `/`); `None` for `/`, `/api` or anything not starting with `/`.
+fn whole_first_segment(prefix: &str) -> Option<&str> {
+    let (seg, _) = prefix.strip_prefix('/')?.split_once('/')?;
+    Some(seg)
+}
+
+/// A request path's first segment (`api` for `/api/users` and for `/api`).
+fn first_segment(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix('/')?;
+    Some(rest.split_once('/').map_or(rest, |(seg, _)| seg))
 }
 
 /// The host as routes see it: without a port, without one trailing dot (case is handled by the

@@ -65,17 +65,16 @@ impl Activity {
         ActiveGuard(Arc::clone(self))
     }
 
-    /// Whether a request is in progress on this connection.
-    pub fn is_busy(&self) -> bool {
-        self.busy()
+    /// Requests begun so far on this connection.
+    pub fn begun(&self) -> usize {
+        self.begun.load(Ordering::Acquire)
     }
 
-    /// Resolves when a request begins after this call (or at once if one is in progress).
-    pub async fn request_begun(&self) {
-        let base = self.begun.load(Ordering::Acquire);
+    /// Resolves when more than `base` requests have begun.
+    pub async fn request_begun_after(&self, base: usize) {
         std::future::poll_fn(|cx| {
             self.next_request.register(cx.waker());
-            if self.busy() || self.begun.load(Ordering::Acquire) != base {
+            if self.begun.load(Ordering::Acquire) != base {
                 std::task::Poll::Ready(())
             } else {
                 std::task::Poll::Pending

@@ -369,18 +369,24 @@ async fn drive<T>(
         }
         () = drain.token.cancelled() => {}
     }
-    // Lingering, an idle HTTP/1 connection (or one accepted a moment before the drain, whose
-    // request has not arrived yet) is shut only once its next request has begun, so that request
-    // is answered (with `Connection: close`) instead of being cut. HTTP/2's GOAWAY has no race.
-    if drain.lingers() && h2 != Some(true) && !activity.is_busy() {
+    // Lingering, an HTTP/1 connection is shut only once a request that began after the drain is
+    // under way, so that request is answered with `Connection: close` and nothing is cut: an
+    // idle connection (or one accepted a moment before the drain) is never closed under a request
+    // the client is sending, and a response already on its way without `close` is followed by one
+    // more that says it. HTTP/2's GOAWAY has no such race.
+    if drain.lingers() && h2 != Some(true) {
+        let base = activity.begun();
         tokio::select! {
+            // Checked first: once the request has begun, hyper must not be polled again before
+            // it is told, or it may write that response's head without `close`.
+            biased;
+            () = activity.request_begun_after(base) => {}
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     tracing::trace!(listener = %ctx.name, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = activity.request_begun() => {}
         }
     }
     conn.as_mut().graceful_shutdown();
