@@ -498,6 +498,8 @@ async fn reloads_under_load_lose_no_request() {
             }
         }));
     }
+    // Endpoint `a` is in both configs: its statistics must survive every reload.
+    let mut a_successes = 0;
     for i in 0..20 {
         let text = if i % 2 == 0 { &two } else { &one };
         let r = post_config(&proxy, text).await;
@@ -507,7 +509,16 @@ async fn reloads_under_load_lose_no_request() {
             ok.load(Ordering::Relaxed) > served + 5
         })
         .await;
+        let a_now = proxy.endpoint_stats("a", a.addr()).await;
+        assert_eq!(a_now["state"], "healthy", "{a_now}");
+        let n = a_now["successes"].as_u64().unwrap();
+        assert!(
+            n >= a_successes,
+            "reload {i} reset the endpoint's stats: {n} < {a_successes}"
+        );
+        a_successes = n;
     }
+    assert!(a_successes > 50, "{a_successes}");
     stop.store(true, Ordering::Relaxed);
     for l in load {
         l.await.unwrap();

@@ -89,7 +89,7 @@ impl std::fmt::Debug for Reloader {
 struct State {
     source: Source,
     listeners: ListenerSet,
-    history: History,
+    history: Store,
     /// The change being watched, if any.
     baking: Option<Baking>,
     /// Once-a-second samples of the traffic counters (the bake's baseline comes from here).
@@ -123,7 +123,7 @@ impl Reloader {
                 )),
                 source,
                 listeners,
-                history,
+                history: Store(Arc::new(std::sync::Mutex::new(history))),
                 baking: None,
             }),
             drain_requested: CancellationToken::new(),
@@ -198,8 +198,7 @@ impl Reloader {
             Some(v) => Some(v.to_owned()),
             None => state
                 .history
-                .previous_applied(&running)
-                .map(|e| e.version.clone()),
+                .read(|h| h.previous_applied(&running).map(|e| e.version.clone())),
         };
         let Some(target) = target else {
             drop(state);
@@ -210,7 +209,13 @@ impl Reloader {
                 )
                 .await;
         };
-        let Some(text) = state.history.text_of(&target) else {
+        let wanted = target.clone();
+        let text = state
+            .history
+            .blocking(move |h| h.text_of(&wanted))
+            .await
+            .flatten();
+        let Some(text) = text else {
             drop(state);
             return self
                 .refuse_unparsed(
@@ -223,13 +228,13 @@ impl Reloader {
         match config::parse(&text, base_dir) {
             Ok(source) => {
                 let reason = format!("rollback to {target} requested");
-                let undone = state
-                    .history
-                    .entries()
-                    .iter()
-                    .rev()
-                    .find(|e| e.outcome == Outcome::Applied && e.version == running)
-                    .map(|e| e.seq);
+                let undone = state.history.read(|h| {
+                    h.entries()
+                        .iter()
+                        .rev()
+                        .find(|e| e.outcome == Outcome::Applied && e.version == running)
+                        .map(|e| e.seq)
+                });
                 let report = apply_locked(
                     &self.shared,
                     &mut state,
@@ -242,10 +247,8 @@ impl Reloader {
                     metrics::counter!("palisade_config_rollbacks_total", "kind" => "manual")
                         .increment(1);
                     // The undone change leaves the undo stack: the next rollback goes further back.
-                    if let Some(seq) = undone
-                        && let Err(e) = state.history.mark_rolled_back(seq, &reason)
-                    {
-                        tracing::warn!(error = %e, "cannot write the config history");
+                    if let Some(seq) = undone {
+                        state.history.mark_rolled_back(seq, reason).await;
                     }
                 }
                 report
@@ -277,7 +280,7 @@ impl Reloader {
                 tracing::info!(version = %b.version, quiet, "config change baked without regression");
                 state.baking = None;
                 // Only now is it "known good".
-                save_last_good(&mut state);
+                save_last_good(&state).await;
             }
             Judgement::Regressed { reason } => {
                 let Some(b) = state.baking.take() else { return };
@@ -293,9 +296,7 @@ impl Reloader {
                 if report.ok() {
                     metrics::counter!("palisade_config_rollbacks_total", "kind" => "auto")
                         .increment(1);
-                    if let Err(e) = state.history.mark_rolled_back(b.seq, &reason) {
-                        tracing::warn!(error = %e, "cannot write the config history");
-                    }
+                    state.history.mark_rolled_back(b.seq, reason).await;
                 } else {
                     tracing::error!(problems = ?report.problems, "automatic rollback failed; the regressed config stays");
                 }
@@ -305,7 +306,11 @@ impl Reloader {
 
     /// The history, oldest first.
     pub async fn history(&self) -> Vec<history::Entry> {
-        self.state.lock().await.history.entries().to_vec()
+        self.state
+            .lock()
+            .await
+            .history
+            .read(|h| h.entries().to_vec())
     }
 
     /// The diff between two versions of the history (`to` defaults to the running one, `from`
@@ -318,23 +323,34 @@ impl Reloader {
             Some(f) => f.to_owned(),
             None => state
                 .history
-                .previous_applied(&running.version)
-                .map(|e| e.version.clone())
+                .read(|h| {
+                    h.previous_applied(&running.version)
+                        .map(|e| e.version.clone())
+                })
                 .ok_or("no earlier applied version in the history")?,
         };
-        let load = |v: &str| -> Result<Config, String> {
+        let base_dir = state.source.base_dir.clone();
+        let mut configs = Vec::new();
+        for v in [from, to] {
             if v == running.version {
-                return Ok((*running.config).clone());
+                configs.push((*running.config).clone());
+                continue;
             }
+            let wanted = v.clone();
             let text = state
                 .history
-                .text_of(v)
+                .blocking(move |h| h.text_of(&wanted))
+                .await
+                .flatten()
                 .ok_or_else(|| format!("version {v} is not in the history"))?;
-            config::parse(&text, state.source.base_dir.clone())
-                .map(|s| s.config)
-                .map_err(|e| format!("version {v} no longer parses: {e}"))
-        };
-        Ok(diff::diff(&load(&from)?, &load(&to)?))
+            let source = config::parse(&text, base_dir.clone())
+                .map_err(|e| format!("version {v} no longer parses: {e}"))?;
+            configs.push(source.config);
+        }
+        match &configs[..] {
+            [a, b] => Ok(diff::diff(a, b)),
+            _ => Err("internal: two configs expected".into()),
+        }
     }
 
     /// Where each listener is bound now.
@@ -372,7 +388,7 @@ impl Reloader {
     async fn refuse_unparsed(&self, trigger: Trigger, problems: Vec<String>) -> Report {
         let mut state = self.state.lock().await;
         let running = self.shared.load().version.clone();
-        refused(&mut state, trigger, None, &running, problems, Vec::new())
+        refused(&mut state, trigger, None, &running, problems, Vec::new()).await
     }
 }
 
@@ -398,7 +414,8 @@ async fn apply_locked(
                 &current.version,
                 lines(&e.problems),
                 Vec::new(),
-            );
+            )
+            .await;
         }
     };
     let prepared =
@@ -416,7 +433,8 @@ async fn apply_locked(
                     &current.version,
                     lines(&problems),
                     Vec::new(),
-                );
+                )
+                .await;
             }
         };
     let mut warnings = lines(&snapshot.warnings);
@@ -446,24 +464,34 @@ async fn apply_locked(
     metrics::counter!("palisade_config_reloads_total", "result" => "success").increment(1);
     metrics::gauge!("palisade_config_last_reload_success_timestamp_seconds").set(unix_now());
 
-    let entry = state.history.record(
-        SystemTime::now(),
-        Record {
-            version: &version,
-            trigger,
-            outcome: Outcome::Applied,
-            previous: Some(&old.version),
-            problems: Vec::new(),
-            reason: reason.clone(),
-            text: Some(&source.text),
-        },
-    );
-    let seq = match entry {
-        Ok(e) => Some(e.seq),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot write the config history");
-            state.history.entries().last().map(|e| e.seq)
-        }
+    let seq = {
+        let (version, previous, reason, text) = (
+            version.clone(),
+            old.version.clone(),
+            reason.clone(),
+            source.text.clone(),
+        );
+        state
+            .history
+            .blocking(move |h| {
+                h.record(
+                    SystemTime::now(),
+                    Record {
+                        version: &version,
+                        trigger,
+                        outcome: Outcome::Applied,
+                        previous: Some(&previous),
+                        problems: Vec::new(),
+                        reason,
+                        text: Some(&text),
+                    },
+                )
+                .map(|e| e.seq)
+                .map_err(|e| tracing::warn!(error = %e, "cannot write the config history"))
+                .ok()
+            })
+            .await
+            .flatten()
     };
     tracing::info!(%version, previous = %old.version, ?trigger, reason = reason.as_deref().unwrap_or("-"), changes = %change.summary(), "config applied");
     for w in &warnings {
@@ -488,7 +516,7 @@ async fn apply_locked(
     };
     // A change under bake becomes the last known good config when it passes (`tick`).
     if state.baking.is_none() {
-        save_last_good(state);
+        save_last_good(state).await;
     }
     Report {
         result: "applied",
@@ -501,7 +529,7 @@ async fn apply_locked(
     }
 }
 
-fn refused(
+async fn refused(
     state: &mut State,
     trigger: Trigger,
     version: Option<String>,
@@ -512,23 +540,33 @@ fn refused(
     metrics::counter!("palisade_config_reloads_total", "result" => "failure").increment(1);
     metrics::gauge!("palisade_config_last_reload_failure_timestamp_seconds").set(unix_now());
     tracing::warn!(version = version.as_deref().unwrap_or("-"), ?trigger, problems = %problems.join("; "), "config refused; the running config stays");
-    let seq = match state.history.record(
-        SystemTime::now(),
-        Record {
-            version: version.as_deref().unwrap_or(""),
-            trigger,
-            outcome: Outcome::Rejected,
-            previous: Some(running),
-            problems: problems.clone(),
-            reason: None,
-            text: None,
-        },
-    ) {
-        Ok(e) => Some(e.seq),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot write the config history");
-            None
-        }
+    let seq = {
+        let (v, previous, problems) = (
+            version.clone().unwrap_or_default(),
+            running.to_owned(),
+            problems.clone(),
+        );
+        state
+            .history
+            .blocking(move |h| {
+                h.record(
+                    SystemTime::now(),
+                    Record {
+                        version: &v,
+                        trigger,
+                        outcome: Outcome::Rejected,
+                        previous: Some(&previous),
+                        problems,
+                        reason: None,
+                        text: None,
+                    },
+                )
+                .map(|e| e.seq)
+                .map_err(|e| tracing::warn!(error = %e, "cannot write the config history"))
+                .ok()
+            })
+            .await
+            .flatten()
     };
     Report {
         result: "rejected",
@@ -542,14 +580,60 @@ fn refused(
 }
 
 /// Records the running config as the last known good one.
-fn save_last_good(state: &mut State) {
+async fn save_last_good(state: &State) {
     let source = &state.source;
-    let version = config::version_of(&source.config);
-    if let Err(e) = state
+    let (version, base_dir, text) = (
+        config::version_of(&source.config),
+        source.base_dir.clone(),
+        source.text.clone(),
+    );
+    state
         .history
-        .save_last_good(&version, &source.base_dir, &source.text)
-    {
-        tracing::warn!(error = %e, "cannot save the last known good config");
+        .blocking(move |h| {
+            if let Err(e) = h.save_last_good(&version, &base_dir, &text) {
+                tracing::warn!(error = %e, "cannot save the last known good config");
+            }
+        })
+        .await;
+}
+
+/// The history, behind a lock that blocking threads take: writing it means fsync, and on a busy
+/// disk an fsync takes seconds, which must never stall a runtime worker (measured: a reload under
+/// load stalled every request for 5 s while the disk was busy with a build).
+#[derive(Clone)]
+struct Store(Arc<std::sync::Mutex<History>>);
+
+impl Store {
+    /// Reads what is in memory (no I/O) on this thread.
+    fn read<R>(&self, f: impl FnOnce(&History) -> R) -> R {
+        f(&self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Runs `f` (which may read or write files) on a blocking thread; `None` if it panicked.
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut History) -> R + Send + 'static,
+    ) -> Option<R> {
+        let history = Arc::clone(&self.0);
+        tokio::task::spawn_blocking(move || {
+            f(&mut history
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner))
+        })
+        .await
+        .ok()
+    }
+
+    async fn mark_rolled_back(&self, seq: u64, reason: String) {
+        self.blocking(move |h| {
+            if let Err(e) = h.mark_rolled_back(seq, &reason) {
+                tracing::warn!(error = %e, "cannot write the config history");
+            }
+        })
+        .await;
     }
 }
 

@@ -180,7 +180,9 @@ impl Router {
             });
             if hosts.is_empty() {
                 let list = match router.matchers.last().map(|m| &m.path) {
-                    Some(PathMatch::Exact(p)) => router.any_host_exact.entry(p.clone()).or_default(),
+                    Some(PathMatch::Exact(p)) => {
+                        router.any_host_exact.entry(p.clone()).or_default()
+                    }
                     Some(PathMatch::Prefix(p)) => match whole_first_segment(p) {
                         Some(seg) => router.any_host_segment.entry(seg.into()).or_default(),
                         None => &mut router.any_host,
