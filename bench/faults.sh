@@ -95,27 +95,6 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 # ---- helpers --------------------------------------------------------------------------------------
 
-# spawn NAME CPU CMD...: lib.sh's `start` (pinned, log in $WORK/NAME.log, pid in PIDS and LAST_PID),
-# or the same without taskset.
-spawn() {
-    if ((PIN)); then
-        start "$@"
-        return
-    fi
-    local name=$1
-    shift 2
-    "$@" >"$WORK/$name.log" 2>&1 &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-}
-
-# on_cpu CPU CMD...: runs CMD in the foreground, pinned when pinning is on.
-on_cpu() {
-    local cpu=$1
-    shift
-    if ((PIN)); then taskset -c "$cpu" "$@"; else "$@"; fi
-}
-
 # fault CONTROL NAME SPEC: switches one chaos upstream; the control API answers once it has settled.
 fault() {
     local code

@@ -98,6 +98,27 @@ tree_rss_kib() {
     echo "$total"
 }
 
+# spawn NAME CPU CMD... (needs PIN): `start` (pinned, log in $WORK/NAME.log, pid in PIDS and LAST_PID),
+# or the same without taskset.
+spawn() {
+    if ((PIN)); then
+        start "$@"
+        return
+    fi
+    local name=$1
+    shift 2
+    "$@" >"$WORK/$name.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+}
+
+# on_cpu CPU CMD...: runs CMD in the foreground, pinned when pinning is on (`PIN=1`, the scripts' default when taskset exists).
+on_cpu() {
+    local cpu=$1
+    shift
+    if ((PIN)); then taskset -c "$cpu" "$@"; else "$@"; fi
+}
+
 have() { command -v "$1" >/dev/null 2>&1; }
 
 # wait_quiet MAX_SECONDS: between runs (nothing of ours busy), waits until the machine's CPU use over

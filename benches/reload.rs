@@ -13,8 +13,9 @@
 //! endpoint is a literal `127.0.0.1` address so nothing resolves, and no cluster has active health
 //! checks so no background task opens a connection while others are being timed.
 //!
-//! The metrics recorder is installed, as in the proxy, so `compile` pays for registering its
-//! per-route metric handles. Snapshots a benchmark produces are returned to divan, which drops them
+//! The metrics recorder and the allocator are the binary's (`compile` pays for registering its
+//! per-route metric handles; validation and compilation allocate a lot, and mimalloc is what they
+//! get in the proxy). Snapshots a benchmark produces are returned to divan, which drops them
 //! after the timed sample: the old snapshot's drop happens after the swap in a reload too, and does
 //! not delay the new config.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -27,6 +28,9 @@ use palisade::{
     config::{self, Source},
     snapshot::{self, Shared, Snapshot},
 };
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     // As `server` does at start: handle registration in `compile` goes to a real recorder.
@@ -278,6 +282,21 @@ fn swap(bencher: Bencher<'_, '_>, routes: usize) {
             old.retire();
             old
         });
+}
+
+/// (e') the pointer swap alone, to tell it from `retire` (which wakes one health task per cluster
+/// so it can stop); the old snapshot's tasks are stopped when divan drops it, after the timing.
+#[divan::bench(args = SIZES, sample_size = 1, sample_count = 100)]
+fn swap_only(bencher: Bencher<'_, '_>, routes: usize) {
+    let sources = [source(routes, 0), source(routes, 1)];
+    let shared = Shared::new(compile(&sources[0], None), AccessLog::disabled());
+    let mut n = 0usize;
+    bencher
+        .with_inputs(|| {
+            n += 1;
+            compile(&sources[n % 2], Some(&shared.load()))
+        })
+        .bench_local_values(|next| shared.swap(next));
 }
 
 /// (f) the pipeline a reload runs up to the point where the new config serves: parse, compile
