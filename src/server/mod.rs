@@ -115,6 +115,14 @@ pub async fn start_with(source: &Source, mut options: Options) -> Result<Running
     else {
         return Err(ConfigError { problems });
     };
+    // Everything that can fail, or needs a descriptor, happens before the listeners accept: once
+    // they do, a flood of connections can take every descriptor (tests/listener.rs does).
+    let admin = admin_sock
+        .local_addr()
+        .map_err(|e| ConfigError::one("admin.listen", e.to_string()))?;
+    let admin_socket = std::os::fd::AsFd::as_fd(&admin_sock)
+        .try_clone_to_owned()
+        .map_err(|e| ConfigError::one("admin.listen", e.to_string()))?;
     let state_dir = (!config.reload.state_dir.is_empty())
         .then(|| source.base_dir.join(&config.reload.state_dir));
     let (mut history, warnings) = History::open(state_dir.as_deref(), config.reload.history);
@@ -124,14 +132,14 @@ pub async fn start_with(source: &Source, mut options: Options) -> Result<Running
 
     crate::metrics::config_version(None, &snapshot.version);
     let version = snapshot.version.clone();
-    let shared = Arc::new(Shared::new(snapshot, access_log));
-    let bound = listeners.apply(prepared, &shared, config.shutdown.drain_timeout.get());
     record_start(
         &mut history,
         source,
         &version,
         options.trigger.unwrap_or(Trigger::Startup),
     );
+    let shared = Arc::new(Shared::new(snapshot, access_log));
+    let bound = listeners.apply(prepared, &shared, config.shutdown.drain_timeout.get());
     let reloader = Reloader::new(
         Arc::clone(&shared),
         source.clone(),
@@ -151,12 +159,6 @@ pub async fn start_with(source: &Source, mut options: Options) -> Result<Running
         ));
     }
     let admin_stop = CancellationToken::new();
-    let admin = admin_sock
-        .local_addr()
-        .map_err(|e| ConfigError::one("admin.listen", e.to_string()))?;
-    let admin_socket = std::os::fd::AsFd::as_fd(&admin_sock)
-        .try_clone_to_owned()
-        .map_err(|e| ConfigError::one("admin.listen", e.to_string()))?;
     tokio::spawn(admin::serve(
         admin_sock,
         Arc::clone(&shared),
