@@ -636,3 +636,24 @@ async fn post_drain_drains_and_exits() {
     let status = tokio::task::block_in_place(|| p.wait_exit(STEP));
     assert!(status.success(), "{status:?}");
 }
+
+/// `POST /reload` re-reads the file, like SIGHUP, and answers with the report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_reload_rereads_the_file() {
+    let (a, b) = (EchoServer::start("A").await, EchoServer::start("B").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("palisade.toml");
+    let ports = Ports::free();
+    std::fs::write(&path, config(&ports, a.addr(), b.addr(), "a", NO_WATCH)).unwrap();
+    let _p = start(&path, &[]);
+    assert_eq!(served_by(ports.web).await, "A");
+    let to_b = config(&ports, a.addr(), b.addr(), "b", NO_WATCH);
+    std::fs::write(&path, &to_b).unwrap();
+
+    let r = support::send(client().post(format!("http://{}/reload", ports.admin))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["result"], "applied");
+    assert_eq!(r.json()["version"], version_of(&to_b));
+    assert_eq!(served_by(ports.web).await, "B");
+    wait_for_entry(ports.admin, "api", "applied").await;
+}
