@@ -47,17 +47,25 @@ pub async fn serve(
                 }
             },
         };
-        let (shared, reloader) = (Arc::clone(&shared), Arc::clone(&reloader));
+        let (shared, reloader, stop) = (Arc::clone(&shared), Arc::clone(&reloader), stop.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let (shared, reloader) = (Arc::clone(&shared), Arc::clone(&reloader));
                 async move { Ok::<_, Infallible>(respond(req, &shared, &reloader).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
+            let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+                .serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            // Stopping the admin port ends its keep-alive connections too (after an upgrade,
+            // a scraper or probe must reach the new process, not linger on this one).
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                () = stop.cancelled() => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         });
     }
 }
@@ -165,21 +173,26 @@ async fn post(
         return set_endpoint_mode(shared, rest);
     }
     match path.as_str() {
-        "/reload" => report(&reloader.reload_file(Trigger::Api).await),
+        "/reload" => {
+            let r = Arc::clone(reloader);
+            detached(async move { r.reload_file(Trigger::Api).await }).await
+        }
         "/config" | "/config/validate" => {
             let body = match read_body(req).await {
                 Ok(b) => b,
                 Err(r) => return r,
             };
+            let r = Arc::clone(reloader);
             if path == "/config" {
-                report(&reloader.apply_text(&body, Trigger::Api).await)
+                detached(async move { r.apply_text(&body, Trigger::Api).await }).await
             } else {
-                report(&reloader.check_text(&body).await)
+                detached(async move { r.check_text(&body).await }).await
             }
         }
         "/config/rollback" => {
-            let q = query(&req);
-            report(&reloader.rollback(q.get("to").map(String::as_str)).await)
+            let to = query(&req).get("to").cloned();
+            let r = Arc::clone(reloader);
+            detached(async move { r.rollback(to.as_deref()).await }).await
         }
         "/drain" => {
             tracing::warn!("drain requested through the admin API");
@@ -207,6 +220,20 @@ async fn post(
             StatusCode::NOT_FOUND,
             "unknown admin path; POST to /reload /config /config/validate /config/rollback \
              /drain /upgrade /clusters/NAME/endpoints/ID/MODE\n",
+        ),
+    }
+}
+
+/// Runs a config change in its own task: a client that hangs up mid-reload must not cancel it
+/// halfway (after the swap, before the history and the bake are set up).
+async fn detached(
+    change: impl std::future::Future<Output = crate::reload::Report> + Send + 'static,
+) -> Response<Full<Bytes>> {
+    match tokio::spawn(change).await {
+        Ok(r) => report(&r),
+        Err(_) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the reload task failed; see the log\n",
         ),
     }
 }

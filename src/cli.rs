@@ -394,10 +394,14 @@ fn serve(
         };
         if let Some(t) = taken {
             crate::server::succession::first_checks(&running.shared).await;
-            match t.ready().await {
-                Ok(()) => tracing::warn!("binary upgrade: serving; the old process drains"),
-                Err(e) => tracing::error!(error = %e, "binary upgrade: the old process did not confirm; both serve until it exits"),
+            if let Err(e) = t.ready().await {
+                // The old process did not commit to leaving, so it goes on serving: this one
+                // steps back (draining what it accepted meanwhile) rather than serve beside it.
+                tracing::error!(error = %e, "binary upgrade: the old process did not confirm; this new process drains and exits");
+                running.hand_off().await;
+                return ExitCode::FAILURE;
             }
+            tracing::warn!("binary upgrade: serving; the old process drains");
         }
         if let Some(Ok(u)) = &demo_upstreams {
             crate::demo::print_tour(&running, u);

@@ -166,6 +166,7 @@ pub async fn handle(
     }));
     conn.listener.gauges.requests.increment(1.0);
     let accept = req.headers().get(header::ACCEPT).cloned();
+    let http1 = req.version() != http::Version::HTTP_2;
     let result = proxy(req, conn, &snapshot, &mut pending, &request_id).await;
     let Some(mut record) = pending.0.take() else {
         return Ok(ProxyError::Internal.into_response(
@@ -205,6 +206,12 @@ pub async fn handle(
         }
     };
     record.status = rsp.status().as_u16();
+    // An upgrade is draining this HTTP/1 connection: say so on this response, so the client does
+    // not send its next request on a connection about to close (see `listener::drive`).
+    if http1 && conn.activity.closing() {
+        rsp.headers_mut()
+            .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+    }
     if let Some(e) = record.entry.as_mut() {
         // Requests refused before forwarding never derived a client IP: log the peer.
         e.client_ip.get_or_insert(conn.peer.ip());

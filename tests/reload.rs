@@ -226,10 +226,16 @@ async fn rollback_returns_to_the_previous_version_or_a_named_one() {
     let r = post(&proxy, "/config/rollback?to=0123456789ab", String::new()).await;
     assert_eq!(r.status, 422, "{}", r.text());
     assert_eq!(running_version(&proxy).await, v2);
+
+    // Rollbacks are an undo stack: v1 was undone (by going back to v2), so there is nothing
+    // earlier to go back to, rather than flipping between the two.
+    let r = post(&proxy, "/config/rollback", String::new()).await;
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(running_version(&proxy).await, v2);
     let h = history(&proxy).await;
     assert_eq!(
         h.iter().filter(|e| e["trigger"] == "rollback").count(),
-        3,
+        4,
         "{h:?}"
     );
 }

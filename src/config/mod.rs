@@ -168,13 +168,20 @@ pub fn version_of(config: &Config) -> String {
 
 impl Config {
     /// The config as `/config` and `/config/diff` show it: secrets replaced by `"<redacted>"`
-    /// (the admin token, and the values of credential headers a route sets).
+    /// (the admin token, and the values of credential headers a route matches on or sets).
     pub fn redacted(&self) -> Config {
         let mut c = self.clone();
         if c.admin.auth_token.is_some() {
             c.admin.auth_token = Some("<redacted>".to_owned());
         }
         for r in &mut c.routes {
+            for m in &mut r.matches.headers {
+                if is_credential_header(&m.name) {
+                    for v in [&mut m.value, &mut m.regex].into_iter().flatten() {
+                        "<redacted>".clone_into(v);
+                    }
+                }
+            }
             for rw in [&mut r.request_headers, &mut r.response_headers] {
                 for (name, value) in rw.set.iter_mut().chain(rw.add.iter_mut()) {
                     if is_credential_header(name) {
@@ -258,13 +265,14 @@ mod tests {
     #[test]
     fn redaction_hides_credential_headers_a_route_sets() {
         let c = parse(
-            "[[routes]]\nname = \"r\"\ncluster = \"a\"\nmatch = { path_prefix = \"/\" }\nrequest_headers = { set = { Authorization = \"Bearer abc123\", \"X-Api-Key\" = \"k-42\", \"x-team\" = \"blue\" } }\n[clusters.a]\nendpoints = [\"127.0.0.1:1\"]\n",
+            "[[routes]]\nname = \"r\"\ncluster = \"a\"\nmatch = { path_prefix = \"/\", headers = [{ name = \"x-api-key\", value = \"m-77\" }] }\nrequest_headers = { set = { Authorization = \"Bearer abc123\", \"X-Api-Key\" = \"k-42\", \"x-team\" = \"blue\" } }\n[clusters.a]\nendpoints = [\"127.0.0.1:1\"]\n",
             ".".into(),
         )
         .unwrap()
         .config;
         let dump = serde_json::to_string(&c.redacted()).unwrap();
         assert!(!dump.contains("abc123") && !dump.contains("k-42"), "{dump}");
+        assert!(!dump.contains("m-77"), "{dump}");
         assert!(dump.contains("blue"), "{dump}");
     }
 }

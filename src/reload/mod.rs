@@ -94,6 +94,9 @@ struct State {
     baking: Option<Baking>,
     /// Once-a-second samples of the traffic counters (the bake's baseline comes from here).
     series: Series,
+    /// Set when the listeners stop for good (shutdown, upgrade): no change applies after it, or
+    /// a reload would bind them again in a process that is leaving.
+    closed: bool,
 }
 
 struct Baking {
@@ -125,6 +128,7 @@ impl Reloader {
                 listeners,
                 history: Store(Arc::new(std::sync::Mutex::new(history))),
                 baking: None,
+                closed: false,
             }),
             drain_requested: CancellationToken::new(),
             upgrade_requested: tokio::sync::Notify::new(),
@@ -228,12 +232,14 @@ impl Reloader {
         match config::parse(&text, base_dir) {
             Ok(source) => {
                 let reason = format!("rollback to {target} requested");
-                let undone = state.history.read(|h| {
+                // Every entry that applied the version being undone (it may have applied more
+                // than once): none of them may be a rollback target again.
+                let undone: Vec<u64> = state.history.read(|h| {
                     h.entries()
                         .iter()
-                        .rev()
-                        .find(|e| e.outcome == Outcome::Applied && e.version == running)
+                        .filter(|e| e.outcome == Outcome::Applied && e.version == running)
                         .map(|e| e.seq)
+                        .collect()
                 });
                 let report = apply_locked(
                     &self.shared,
@@ -247,8 +253,8 @@ impl Reloader {
                     metrics::counter!("palisade_config_rollbacks_total", "kind" => "manual")
                         .increment(1);
                     // The undone change leaves the undo stack: the next rollback goes further back.
-                    if let Some(seq) = undone {
-                        state.history.mark_rolled_back(seq, reason).await;
+                    for seq in undone {
+                        state.history.mark_rolled_back(seq, reason.clone()).await;
                     }
                 }
                 report
@@ -375,6 +381,7 @@ impl Reloader {
     pub async fn shutdown_listeners(&self, linger: bool) {
         let mut listeners = {
             let mut state = self.state.lock().await;
+            state.closed = true;
             std::mem::take(&mut state.listeners)
         };
         listeners.shutdown(linger).await;
@@ -402,6 +409,17 @@ async fn apply_locked(
 ) -> Report {
     let current = shared.load();
     let version = config::version_of(&source.config);
+    if state.closed {
+        return Report {
+            result: "rejected",
+            seq: None,
+            version: Some(version),
+            running: current.version.clone(),
+            problems: vec!["Palisade is shutting down: no config change applies now".into()],
+            warnings: Vec::new(),
+            diff: None,
+        };
+    }
     let drain_timeout = source.config.shutdown.drain_timeout.get();
     let unchanged = version == current.version;
     let snapshot = match snapshot::compile(&source, Some(&current)).await {
@@ -487,7 +505,11 @@ async fn apply_locked(
                     },
                 )
                 .map(|e| e.seq)
-                .map_err(|e| tracing::warn!(error = %e, "cannot write the config history"))
+                .or_else(|e| {
+                    // The entry is in memory even when the disk refused it.
+                    tracing::warn!(error = %e, "cannot write the config history");
+                    h.entries().last().map(|e| e.seq).ok_or(())
+                })
                 .ok()
             })
             .await
@@ -562,7 +584,11 @@ async fn refused(
                     },
                 )
                 .map(|e| e.seq)
-                .map_err(|e| tracing::warn!(error = %e, "cannot write the config history"))
+                .or_else(|e| {
+                    // The entry is in memory even when the disk refused it.
+                    tracing::warn!(error = %e, "cannot write the config history");
+                    h.entries().last().map(|e| e.seq).ok_or(())
+                })
                 .ok()
             })
             .await

@@ -38,10 +38,29 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher = match notify::recommended_watcher(move |_event| {
-        // Which file changed does not matter: the fingerprint decides.
-        let _ = tx.send(());
-    }) {
+    // The file names worth waking for (the config, the PEM files, Kubernetes' `..data` links):
+    // other files in the same directories (an access log) and reads (our own fingerprinting opens
+    // the files) must not keep the debounce from settling, or wake the watch forever.
+    let names: Arc<std::sync::Mutex<BTreeSet<std::ffi::OsString>>> = Arc::default();
+    let wanted = Arc::clone(&names);
+    let mut watcher = match notify::recommended_watcher(
+        move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            let wanted = wanted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let relevant = event.paths.iter().any(|p| {
+                p.file_name()
+                    .is_some_and(|n| wanted.contains(n) || n.as_encoded_bytes().starts_with(b".."))
+            });
+            if relevant {
+                let _ = tx.send(());
+            }
+        },
+    ) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch the config directory; polling every 10s instead");
@@ -52,7 +71,14 @@ pub async fn run(
     let mut last = fingerprint_of(&path, applied.into_bytes()).0;
     loop {
         // The set of directories follows the config (certificates may move).
-        let (_, dirs) = fingerprint(&path);
+        let (_, files) = fingerprint(&path);
+        let dirs: BTreeSet<PathBuf> = files.iter().map(|f| parent(f)).collect();
+        *names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = files
+            .iter()
+            .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+            .collect();
         if let Some(w) = watcher.as_mut() {
             for d in dirs.difference(&watched) {
                 if let Err(e) = w.watch(d, RecursiveMode::NonRecursive) {
@@ -88,8 +114,8 @@ pub async fn run(
     }
 }
 
-/// A hash of the config file and of every certificate and key it names, and the directories
-/// they are in. Unreadable files hash as empty (a deleted file is a change too).
+/// A hash of the config file and of every certificate, key and CA file it names, and those files'
+/// paths (the config's first). Unreadable files hash as empty (a deleted file is a change too).
 fn fingerprint(path: &Path) -> (Vec<u8>, BTreeSet<PathBuf>) {
     fingerprint_of(path, std::fs::read(path).unwrap_or_default())
 }
@@ -97,8 +123,8 @@ fn fingerprint(path: &Path) -> (Vec<u8>, BTreeSet<PathBuf>) {
 /// [`fingerprint`] of the config text `text` (as if read from `path`).
 fn fingerprint_of(path: &Path, text: Vec<u8>) -> (Vec<u8>, BTreeSet<PathBuf>) {
     let mut h = Sha256::new();
-    let mut dirs = BTreeSet::new();
-    dirs.insert(parent(path));
+    let mut files = BTreeSet::new();
+    files.insert(path.to_path_buf());
     h.update(&text);
     let parsed = String::from_utf8(text)
         .ok()
@@ -118,10 +144,10 @@ fn fingerprint_of(path: &Path, text: Vec<u8>) -> (Vec<u8>, BTreeSet<PathBuf>) {
             let p = source.base_dir.join(f);
             h.update(p.as_os_str().as_encoded_bytes());
             h.update(std::fs::read(&p).unwrap_or_default());
-            dirs.insert(parent(&p));
+            files.insert(p);
         }
     }
-    (h.finalize().to_vec(), dirs)
+    (h.finalize().to_vec(), files)
 }
 
 fn parent(p: &Path) -> PathBuf {

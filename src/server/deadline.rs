@@ -54,6 +54,9 @@ pub struct Activity {
     reader: AtomicWaker,
     /// A draining connection waiting for its next request (`listener.rs`, upgrade drain).
     next_request: AtomicWaker,
+    /// Set when an upgrade drains this connection: every response from now on carries
+    /// `Connection: close` (the handler adds it).
+    closing: AtomicBool,
 }
 
 impl Activity {
@@ -63,6 +66,16 @@ impl Activity {
         self.active.fetch_add(1, Ordering::AcqRel);
         self.next_request.wake();
         ActiveGuard(Arc::clone(self))
+    }
+
+    /// Marks the connection as closing after its current or next response.
+    pub fn set_closing(&self) {
+        self.closing.store(true, Ordering::Release);
+    }
+
+    /// Whether responses must say `Connection: close` (an upgrade is draining this connection).
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
     }
 
     /// Requests begun so far on this connection.

@@ -375,6 +375,10 @@ async fn drive<T>(
     // the client is sending, and a response already on its way without `close` is followed by one
     // more that says it. HTTP/2's GOAWAY has no such race.
     if drain.lingers() && h2 != Some(true) {
+        // A response the handler builds from here on says `Connection: close` itself, even one
+        // made in the same poll its request arrived in (a local 404 or 503), before hyper could
+        // be told below.
+        activity.set_closing();
         let base = activity.begun();
         tokio::select! {
             // Checked first: once the request has begun, hyper must not be polled again before

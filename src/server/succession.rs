@@ -37,9 +37,15 @@ pub struct Succession {
 }
 
 impl Succession {
-    /// The running binary's path and the arguments that run it with the same config file.
+    /// The running binary's path and the arguments that run it with the same config file. The
+    /// path is the one it was started by (`argv[0]`, looked up in `PATH` again if it has no `/`),
+    /// not `/proc/self/exe`: a deployment that points a symlink at the new build must start the new
+    /// build.
     pub fn current(config: &Path, verbose: u8) -> std::io::Result<Self> {
-        let exe = std::env::current_exe()?;
+        let exe = match std::env::args_os().next() {
+            Some(argv0) if !argv0.is_empty() => PathBuf::from(argv0),
+            _ => std::env::current_exe()?,
+        };
         let mut args = vec![
             "run".to_owned(),
             "-c".to_owned(),
@@ -54,8 +60,12 @@ impl Succession {
     /// Starts the new binary and hands the sockets over. `Ok` means the new process serves and
     /// this one must drain and exit; `Err`, that this one goes on serving.
     pub async fn hand_over(&self, running: &Running) -> std::io::Result<()> {
-        let sock =
-            std::env::temp_dir().join(format!("palisade-upgrade-{}.sock", std::process::id()));
+        // An unpredictable name: another user cannot block upgrades by creating it first.
+        let sock = std::env::temp_dir().join(format!(
+            "palisade-upgrade-{}-{:016x}.sock",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
         let offer = handoff::Offer::bind(&sock)?;
         let mut sockets = running.reloader.listener_sockets().await?;
         sockets.push((ADMIN.to_owned(), running.admin_socket.try_clone()?));
@@ -71,14 +81,20 @@ impl Succession {
             .iter()
             .map(|(n, fd)| (n.clone(), std::os::fd::AsFd::as_fd(fd)))
             .collect();
-        tokio::select! {
+        let result = tokio::select! {
             r = offer.hand_over(&borrowed, HANDOFF_TIMEOUT) => r,
             // The new binary died before it was ready (bad config, crash): say so at once.
             status = child.wait() => Err(std::io::Error::other(format!(
                 "the new process exited before it was ready ({})",
                 status.map_or_else(|e| e.to_string(), |s| s.to_string())
             ))),
+        };
+        if result.is_err() {
+            // This process goes on serving: a new one that half-started must not serve beside
+            // it (nor hold the sockets and the state directory) until someone notices.
+            let _ = child.start_kill();
         }
+        result
     }
 }
 
