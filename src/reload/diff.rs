@@ -161,6 +161,29 @@ pub fn diff(from: &Config, to: &Config) -> ConfigDiff {
         &["name"],
     );
     routes.moved = moved(&ra, &rb);
+    // Credential header values redact to the same text on both sides: a rotated one must still
+    // show as a change (without its value).
+    let old_raw: std::collections::HashMap<&str, &crate::config::RouteConfig> =
+        from.routes.iter().map(|r| (r.name.as_str(), r)).collect();
+    let old_redacted: std::collections::HashMap<&str, &crate::config::RouteConfig> =
+        a.routes.iter().map(|r| (r.name.as_str(), r)).collect();
+    for (raw, red) in to.routes.iter().zip(&b.routes) {
+        let name = raw.name.as_str();
+        if let (Some(old), Some(old_red)) = (old_raw.get(name), old_redacted.get(name))
+            && *old != raw
+            && *old_red == red
+            && !routes.changed.iter().any(|c| c.name == name)
+        {
+            routes.changed.push(ItemChange {
+                name: name.to_owned(),
+                fields: vec![FieldChange {
+                    path: "credential header values".to_owned(),
+                    from: Value::from("<redacted>"),
+                    to: Value::from("<redacted>"),
+                }],
+            });
+        }
+    }
 
     let clusters = diff_items(
         &map_items(&a.clusters),
@@ -805,6 +828,22 @@ listen = "127.0.0.1:8081"
             json!("1m"),
             json!("2m")
         )));
+    }
+
+    #[test]
+    fn a_rotated_credential_header_shows_as_a_change_without_its_value() {
+        let with = |k: &str| {
+            cfg(&BASE.replace(
+                "name = \"api\"\ncluster = \"api\"",
+                &format!("name = \"api\"\ncluster = \"api\"\nrequest_headers = {{ set = {{ authorization = \"Bearer {k}\" }} }}"),
+            ))
+        };
+        let d = diff(&with("old-k3y"), &with("new-k3y"));
+        assert_eq!(d.routes.changed.len(), 1, "{d:?}");
+        assert_eq!(d.routes.changed[0].name, "api");
+        let dump = serde_json::to_string(&d).unwrap();
+        assert!(!dump.contains("k3y"), "{dump}");
+        assert!(diff(&with("same"), &with("same")).is_empty());
     }
 
     #[test]

@@ -160,6 +160,12 @@ pub async fn serve(
             // A reload while the cap is full must still be able to raise it.
             Ok(()) = ctx_rx.changed() => continue,
         };
+        if cap_size > ctx.config.max_connections {
+            // The cap was lowered while full: this freed slot goes, not to a new connection.
+            permit.forget();
+            cap_size -= 1;
+            continue;
+        }
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
             r = listener.accept() => match r {
@@ -229,7 +235,8 @@ impl Drain {
 }
 
 /// Grows or shrinks the connection cap. Shrinking takes back only free permits (`forget_permits`
-/// never blocks), so open connections stay open; the accept loop retries until the cap fits.
+/// never blocks), so open connections stay open; the accept loop forgets each slot that frees up
+/// until the cap fits.
 fn resize(cap: &Semaphore, current: &mut usize, wanted: usize) {
     if wanted > *current {
         cap.add_permits(wanted - *current);
