@@ -517,7 +517,7 @@ async fn apply_locked(
     };
     tracing::info!(%version, previous = %old.version, ?trigger, reason = reason.as_deref().unwrap_or("-"), changes = %change.summary(), "config applied");
     for w in &warnings {
-        tracing::warn!(warning = %w, "config change needs a restart");
+        tracing::warn!(warning = %w, "config change applied with a warning");
     }
 
     let previous = std::mem::replace(&mut state.source, source);
