@@ -84,6 +84,31 @@ endpoints = ["{b}"]
     )
 }
 
+/// Two upstreams answering "A" and "B", a temp dir for `palisade.toml`, and free ports: what each
+/// test here starts from (the dir lives as long as the binding).
+struct Setup {
+    a: EchoServer,
+    b: EchoServer,
+    dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    ports: Ports,
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let (a, b) = (EchoServer::start("A").await, EchoServer::start("B").await);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("palisade.toml");
+        Setup {
+            a,
+            b,
+            dir,
+            path,
+            ports: Ports::free(),
+        }
+    }
+}
+
 /// Without the watch, so that only the signal under test reloads.
 const NO_WATCH: &str = "watch = false";
 
@@ -168,10 +193,13 @@ async fn wait_served_by(web: SocketAddr, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_file() {
-    let (a, b) = (EchoServer::start("A").await, EchoServer::start("B").await);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("palisade.toml");
-    let ports = Ports::free();
+    let Setup {
+        a,
+        b,
+        dir: _dir,
+        path,
+        ports,
+    } = Setup::new().await;
     std::fs::write(&path, config(&ports, a.addr(), b.addr(), "a", NO_WATCH)).unwrap();
     let p = start(&path, &[]);
     assert_eq!(served_by(ports.web).await, "A");
@@ -191,10 +219,13 @@ async fn sighup_reloads_the_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_file_on_sighup_keeps_the_running_config() {
-    let (a, b) = (EchoServer::start("A").await, EchoServer::start("B").await);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("palisade.toml");
-    let ports = Ports::free();
+    let Setup {
+        a,
+        b,
+        dir: _dir,
+        path,
+        ports,
+    } = Setup::new().await;
     let good = config(&ports, a.addr(), b.addr(), "a", NO_WATCH);
     std::fs::write(&path, &good).unwrap();
     let p = start(&path, &[]);
@@ -231,10 +262,13 @@ async fn an_invalid_file_on_sighup_keeps_the_running_config() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_file_watch_applies_an_atomic_rename() {
-    let (a, b) = (EchoServer::start("A").await, EchoServer::start("B").await);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("palisade.toml");
-    let ports = Ports::free();
+    let Setup {
+        a,
+        b,
+        dir,
+        path,
+        ports,
+    } = Setup::new().await;
     let watch = "watch = true\nwatch_debounce = \"100ms\"";
     std::fs::write(&path, config(&ports, a.addr(), b.addr(), "a", watch)).unwrap();
     let _p = start(&path, &[]);
@@ -282,10 +316,13 @@ async fn the_file_watch_follows_a_symlink_swap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallback_last_good_starts_from_the_last_applied_config() {
-    let (a, b) = (EchoServer::start("A").await, EchoServer::start("B").await);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("palisade.toml");
-    let ports = Ports::free();
+    let Setup {
+        a,
+        b,
+        dir,
+        path,
+        ports,
+    } = Setup::new().await;
     let good = config(&ports, a.addr(), b.addr(), "a", NO_WATCH);
     std::fs::write(&path, &good).unwrap();
     let mut first = start(&path, &[]);
@@ -640,10 +677,13 @@ async fn post_drain_drains_and_exits() {
 /// `POST /reload` re-reads the file, like SIGHUP, and answers with the report.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_reload_rereads_the_file() {
-    let (a, b) = (EchoServer::start("A").await, EchoServer::start("B").await);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("palisade.toml");
-    let ports = Ports::free();
+    let Setup {
+        a,
+        b,
+        dir: _dir,
+        path,
+        ports,
+    } = Setup::new().await;
     std::fs::write(&path, config(&ports, a.addr(), b.addr(), "a", NO_WATCH)).unwrap();
     let _p = start(&path, &[]);
     assert_eq!(served_by(ports.web).await, "A");

@@ -407,10 +407,7 @@ health_check = { interval = "2s" }
 endpoints = ["127.0.0.1:9004"]
 "#;
 
-    fn check(text: &str) -> Diagnostics {
-        let src = crate::config::parse(text, ".".into()).unwrap();
-        crate::config::validate(&src.config, std::path::Path::new("."))
-    }
+    use super::super::tests::check;
 
     /// `BASE` with `from` replaced (which must be there, or the test would test nothing).
     fn with(from: &str, to: &str) -> Diagnostics {

@@ -82,31 +82,15 @@ pub(super) fn check(d: &mut Diagnostics, config: &Config) {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
+    use crate::config::Diagnostics;
 
-    use crate::config::{Diagnostics, parse, validate};
-
-    const BASE: &str = r#"
-[listeners.web]
-listen = "127.0.0.1:0"
-
-[[routes]]
-name = "all"
-match = { path_prefix = "/" }
-cluster = "web"
-
-[clusters.web]
-endpoints = ["127.0.0.1:9001"]
-"#;
-
+    /// The minimal valid config with `reload` appended.
     fn check(reload: &str) -> Diagnostics {
-        let text = format!("{BASE}\n{reload}");
-        let src = parse(&text, ".".into()).unwrap();
-        validate(&src.config, Path::new("."))
+        super::super::tests::check(&format!("{}\n{reload}", super::super::tests::OK))
     }
 
     fn error_paths(d: &Diagnostics) -> Vec<&str> {
-        d.errors.iter().map(|p| p.path.as_str()).collect()
+        super::super::tests::paths(&d.errors)
     }
 
     #[test]

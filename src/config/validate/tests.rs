@@ -1,16 +1,18 @@
 use super::*;
 use crate::config::parse;
 
-fn check(text: &str) -> Diagnostics {
+/// Parses and validates `text` (the sibling modules' tests use it too).
+pub(super) fn check(text: &str) -> Diagnostics {
     let source = parse(text, ".".into()).unwrap();
     validate(&source.config, Path::new("."))
 }
 
-fn paths(d: &[crate::config::Problem]) -> Vec<&str> {
+pub(super) fn paths(d: &[crate::config::Problem]) -> Vec<&str> {
     d.iter().map(|p| p.path.as_str()).collect()
 }
 
-const OK: &str = r#"
+/// A minimal valid config.
+pub(super) const OK: &str = r#"
 [listeners.web]
 listen = "127.0.0.1:0"
 
