@@ -408,12 +408,11 @@ async fn apply_locked(
     reason: Option<String>,
 ) -> Report {
     let current = shared.load();
-    let version = config::version_of(&source.config);
     if state.closed {
         return Report {
             result: "rejected",
             seq: None,
-            version: Some(version),
+            version: Some(config::version_of(&source.config)),
             running: current.version.clone(),
             problems: vec!["Palisade is shutting down: no config change applies now".into()],
             warnings: Vec::new(),
@@ -421,14 +420,13 @@ async fn apply_locked(
         };
     }
     let drain_timeout = source.config.shutdown.drain_timeout.get();
-    let unchanged = version == current.version;
     let snapshot = match snapshot::compile(&source, Some(&current)).await {
         Ok(s) => s,
         Err(e) => {
             return refused(
                 state,
                 trigger,
-                Some(version),
+                Some(config::version_of(&source.config)),
                 &current.version,
                 lines(&e.problems),
                 Vec::new(),
@@ -436,6 +434,9 @@ async fn apply_locked(
             .await;
         }
     };
+    // The version compile computed (the hash of the canonical form is not free at 1,000 routes).
+    let version = snapshot.version.clone();
+    let unchanged = version == current.version;
     let prepared =
         match state
             .listeners

@@ -52,8 +52,6 @@ pub struct Activity {
     /// The connection's reader, parked while a request was busy: hyper does not read again on its
     /// own after answering, so the last request to finish wakes it to start the idle clock.
     reader: AtomicWaker,
-    /// A draining connection waiting for its next request (`listener.rs`, upgrade drain).
-    next_request: AtomicWaker,
     /// Set when an upgrade drains this connection: every response from now on carries
     /// `Connection: close` (the handler adds it).
     closing: AtomicBool,
@@ -64,7 +62,6 @@ impl Activity {
     pub fn begin(self: &Arc<Self>) -> ActiveGuard {
         self.begun.fetch_add(1, Ordering::AcqRel);
         self.active.fetch_add(1, Ordering::AcqRel);
-        self.next_request.wake();
         ActiveGuard(Arc::clone(self))
     }
 
@@ -76,24 +73,6 @@ impl Activity {
     /// Whether responses must say `Connection: close` (an upgrade is draining this connection).
     pub fn closing(&self) -> bool {
         self.closing.load(Ordering::Relaxed)
-    }
-
-    /// Requests begun so far on this connection.
-    pub fn begun(&self) -> usize {
-        self.begun.load(Ordering::Acquire)
-    }
-
-    /// Resolves when more than `base` requests have begun.
-    pub async fn request_begun_after(&self, base: usize) {
-        std::future::poll_fn(|cx| {
-            self.next_request.register(cx.waker());
-            if self.begun.load(Ordering::Acquire) != base {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
-        .await;
     }
 
     /// The connection became a tunnel: no more header or idle deadlines from here.

@@ -382,23 +382,16 @@ async fn drive<T>(
     // the client is sending, and a response already on its way without `close` is followed by one
     // more that says it. HTTP/2's GOAWAY has no such race.
     if drain.lingers() && h2 != Some(true) {
-        // A response the handler builds from here on says `Connection: close` itself, even one
-        // made in the same poll its request arrived in (a local 404 or 503), before hyper could
-        // be told below.
+        // Lingering (upgrade), an HTTP/1 connection is not shut from outside: every response
+        // the handler builds from here on says `Connection: close`, and hyper closes after
+        // writing it. So the client is told before the close, whether the connection was idle,
+        // just accepted, or busy with a response already on its way (the next one says it), and
+        // no request it sends is cut. One that never sends again ends at its idle timeout.
         activity.set_closing();
-        let base = activity.begun();
-        tokio::select! {
-            // Checked first: once the request has begun, hyper must not be polled again before
-            // it is told, or it may write that response's head without `close`.
-            biased;
-            () = activity.request_begun_after(base) => {}
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::trace!(listener = %ctx.name, error = %e, "connection ended with an error");
-                }
-                return;
-            }
+        if let Err(e) = conn.await {
+            tracing::trace!(listener = %ctx.name, error = %e, "connection ended with an error");
         }
+        return;
     }
     conn.as_mut().graceful_shutdown();
     let _ = conn.await;
