@@ -89,6 +89,10 @@ impl RetryBudget {
     /// Takes budget for one retry or hedge at `now`, if the window has room: retries so far
     /// (this one included) at most `percent` of the requests plus `min_per_second` × the window.
     pub fn try_retry(&self, now: u64) -> bool {
+        // Take the retry first, then check: with a check before the take, two threads could both
+        // see one retry left and both take it (the budget went over by one under load).
+        let bucket = self.bucket(now).at(now);
+        bucket.retries.fetch_add(1, Ordering::AcqRel);
         let (requests, retries) = self
             .buckets
             .iter()
@@ -96,13 +100,13 @@ impl RetryBudget {
             .fold((0, 0), |(r, t), (r2, t2)| (r + r2, t + t2));
         let allowed = requests.saturating_mul(u64::from(self.percent)) / 100
             + u64::from(self.min_per_second) * WINDOW_SECS;
-        if retries >= allowed {
+        if retries > allowed {
+            // Give it back (never below zero, should the bucket have been reset meanwhile).
+            let _ = bucket
+                .retries
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| v.checked_sub(1));
             return false;
         }
-        self.bucket(now)
-            .at(now)
-            .retries
-            .fetch_add(1, Ordering::Relaxed);
         true
     }
 }
@@ -112,6 +116,21 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn concurrent_retries_never_exceed_the_budget() {
+        let budget = std::sync::Arc::new(RetryBudget::new(0, 1));
+        let taken: u64 = (0..8)
+            .map(|_| {
+                let b = std::sync::Arc::clone(&budget);
+                std::thread::spawn(move || (0..2000).filter(|_| b.try_retry(5)).count() as u64)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert!((1..=WINDOW_SECS).contains(&taken), "{taken} retries taken");
+    }
 
     #[test]
     fn retries_follow_the_share_of_recent_requests() {
