@@ -569,7 +569,7 @@ outlier_detection = {{ enabled = false }}
 
 #[tokio::test]
 async fn with_every_upstream_down_clients_get_a_fast_error_not_a_hang() {
-    let dead = [refused_addr(), refused_addr(), refused_addr()];
+    let dead: [_; 3] = support::refused_addrs();
     let proxy = Proxy::start(&format!(
         r#"
 [[routes]]
@@ -597,7 +597,7 @@ endpoints = {}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_retry_budget_caps_retries_when_everything_fails() {
-    let dead = [refused_addr(), refused_addr(), refused_addr()];
+    let dead: [_; 3] = support::refused_addrs();
     let proxy = Proxy::start(&format!(
         r#"
 [[routes]]

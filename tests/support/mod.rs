@@ -265,6 +265,15 @@ pub fn endpoint_list(endpoints: &[SocketAddr]) -> String {
     format!("[{}]", items.join(", "))
 }
 
+/// `N` different addresses with nothing listening on them: all are bound before any is closed, so
+/// the system cannot hand the same port out twice.
+pub fn refused_addrs<const N: usize>() -> [SocketAddr; N] {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("addr"))
+}
+
 /// An address with nothing listening on it (bound, then closed).
 pub fn refused_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
