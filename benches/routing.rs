@@ -114,6 +114,11 @@ fn route_config(i: usize) -> RouteConfig {
         retry: palisade::config::RetryConfig::default(),
         hedge: None,
         last_resort: None,
+        rate_limits: Vec::new(),
+        priority: palisade::config::RoutePriority::Normal,
+        allow: Vec::new(),
+        deny: Vec::new(),
+        max_request_body_bytes: None,
     }
 }
 

@@ -147,6 +147,7 @@ async fn respond(
             }
         }
         "/clusters" => json_response(&clusters(shared)),
+        "/limits" => json_response(&limits(shared)),
         "/server_info" => json_response(&json!({
             "version": env!("CARGO_PKG_VERSION"),
             "config_version": snapshot.version,
@@ -317,6 +318,67 @@ fn set_endpoint_mode(shared: &Shared, rest: &str) -> Response<Full<Bytes>> {
         "endpoints": matched.iter().map(|e| &*e.id).collect::<Vec<_>>(),
         "mode": mode.as_str(),
     }))
+}
+
+/// `GET /limits`: the rate-limit policies (mode: shared, degraded or local; the keys limited most
+/// right now), the overload state, and each cluster's adaptive limit.
+fn limits(shared: &Shared) -> serde_json::Value {
+    let snapshot = shared.load();
+    let store = snapshot.rate_limits.store();
+    let policies: Vec<_> = snapshot
+        .rate_limits
+        .policies()
+        .iter()
+        .map(|p| {
+            let top: Vec<_> = p
+                .top_limited(10)
+                .into_iter()
+                .map(|(key, limited)| json!({ "key": key, "limited": limited }))
+                .collect();
+            json!({
+                "name": &*p.name,
+                "rate": p.rate.to_string(),
+                "burst": p.quota.burst,
+                "scope": match p.scope { crate::config::Scope::Local => "local", crate::config::Scope::Shared => "shared" },
+                "mode": p.mode(store.map(|s| &**s)),
+                "dry_run": p.dry_run,
+                "tracked_keys": p.tracked_keys(),
+                "most_limited": top,
+            })
+        })
+        .collect();
+    let o = &snapshot.config.overload;
+    let mut names: Vec<_> = snapshot.clusters.keys().collect();
+    names.sort();
+    let adaptive: Vec<_> = names
+        .into_iter()
+        .filter_map(|n| snapshot.clusters.get(n))
+        .filter_map(|c| {
+            let a = c.adaptive.as_ref()?;
+            Some(json!({
+                "cluster": &*c.name,
+                "limit": a.limit(),
+                "in_flight": a.gate.in_flight(),
+                "queued": a.gate.queued(),
+                "queue_delay_s": a.queue_delay().as_secs_f64(),
+                "min_rtt_s": a.min_rtt().map(|d| d.as_secs_f64()),
+            }))
+        })
+        .collect();
+    json!({
+        "config_version": snapshot.version,
+        "rate_limits": policies,
+        "store": store.map(|s| json!({ "up": s.is_up(), "live_instances": s.live_instances() })),
+        "overload": {
+            "in_flight": shared.overload.in_flight(),
+            "max_in_flight": o.max_in_flight,
+            "shed_level": format!("{:?}", shared.overload.level()).to_ascii_lowercase(),
+            "queue_delay_s": shared.overload.queue_delay().as_secs_f64(),
+            "connections": shared.connections.load(std::sync::atomic::Ordering::Relaxed),
+            "max_connections": o.max_connections,
+        },
+        "adaptive_concurrency": adaptive,
+    })
 }
 
 fn clusters(shared: &Shared) -> serde_json::Value {

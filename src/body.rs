@@ -38,6 +38,10 @@ pub type EndHook = Box<dyn FnOnce(BodyEnd) + Send>;
 pub enum BodyError {
     /// No frame within the idle timeout.
     Idle,
+    /// More bytes than the request body limit.
+    TooLarge,
+    /// Slower on average than the minimum request-body rate.
+    TooSlow,
     /// The peer's stream failed (reset, closed mid-body, bad chunk).
     Peer(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -46,6 +50,8 @@ impl fmt::Display for BodyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Idle => f.write_str("body idle timeout"),
+            Self::TooLarge => f.write_str("body larger than the limit"),
+            Self::TooSlow => f.write_str("body slower than the minimum rate"),
             Self::Peer(e) => write!(f, "body stream failed: {e}"),
         }
     }
@@ -71,6 +77,33 @@ pub struct ProxyBody {
     done: bool,
     failure: Option<&'static str>,
     on_end: Option<EndHook>,
+    /// A client request body's size cap and minimum rate (boxed: most bodies have neither).
+    limits: Option<Box<RequestLimits>>,
+}
+
+/// What a client's request body may not do: exceed `max_bytes` (0 = no cap), or average fewer
+/// than `min_rate` bytes per second once `grace` has passed (0 = no minimum: slow POST).
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_bytes: u64,
+    pub min_rate: u32,
+    pub grace: Duration,
+    pub started: Instant,
+}
+
+impl RequestLimits {
+    fn check(&self, bytes: u64, now: Instant) -> Result<(), BodyError> {
+        if self.max_bytes > 0 && bytes > self.max_bytes {
+            return Err(BodyError::TooLarge);
+        }
+        if self.min_rate > 0 {
+            let took = now.saturating_duration_since(self.started);
+            if took > self.grace && (bytes as f64) < f64::from(self.min_rate) * took.as_secs_f64() {
+                return Err(BodyError::TooSlow);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Debug for ProxyBody {
@@ -97,6 +130,7 @@ impl ProxyBody {
             done: false,
             failure: None,
             on_end: None,
+            limits: None,
         }
     }
 
@@ -109,7 +143,16 @@ impl ProxyBody {
             done: false,
             failure: None,
             on_end: None,
+            limits: None,
         }
+    }
+
+    /// Applies a client request body's size cap and minimum rate.
+    pub fn with_limits(mut self, limits: RequestLimits) -> Self {
+        if limits.max_bytes > 0 || limits.min_rate > 0 {
+            self.limits = Some(Box::new(limits));
+        }
+        self
     }
 
     /// Streams an upstream response body; `idle` bounds the silence between two frames.
@@ -126,6 +169,7 @@ impl ProxyBody {
             done: false,
             failure: None,
             on_end: None,
+            limits: None,
         }
     }
 
@@ -139,6 +183,7 @@ impl ProxyBody {
             done: false,
             failure: None,
             on_end: None,
+            limits: None,
         }
     }
 
@@ -208,6 +253,16 @@ impl Body for ProxyBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.bytes += d.len() as u64;
+                }
+                if let Some(limits) = &this.limits
+                    && let Err(e) = limits.check(this.bytes, Instant::now())
+                {
+                    this.failure = Some(match e {
+                        BodyError::TooLarge => "DPE",
+                        _ => "DT",
+                    });
+                    this.finish();
+                    return Poll::Ready(Some(Err(e)));
                 }
                 if let Some((idle, Some(sleep))) = &mut this.idle {
                     sleep.as_mut().reset(Instant::now() + *idle);

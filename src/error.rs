@@ -6,7 +6,7 @@
 //! Each variant also names its access-log flag (Envoy's response flags, which operators know).
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
 use crate::{body::ProxyBody, config::ErrorFormat};
 
@@ -54,6 +54,15 @@ pub enum ProxyError {
     RefusedStream,
     #[error("upstream limit reached")]
     Overflow(&'static str),
+    #[error("rate limit exceeded")]
+    RateLimited(Box<crate::ratelimit::Limited>),
+    /// Refused by the overload shedder (the reason is the metric label).
+    #[error("overloaded, try again later")]
+    Shed(&'static str),
+    #[error("forbidden")]
+    Forbidden,
+    #[error("request body too large")]
+    PayloadTooLarge,
     #[error("client went away")]
     ClientAbort,
     #[error("internal error")]
@@ -78,7 +87,10 @@ impl ProxyError {
             | Self::UpstreamProtocol
             | Self::RefusedStream => StatusCode::BAD_GATEWAY,
             // A cap of ours, not the upstream's failure: fail fast, come back later.
-            Self::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Overflow(_) | Self::Shed(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::ConnectTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             // Nobody reads it; nginx's 499 is what operators grep logs for.
             Self::ClientAbort => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
@@ -95,6 +107,9 @@ impl ProxyError {
             | Self::MethodNotAllowed
             | Self::ClientTimeout
             | Self::Loop
+            | Self::RateLimited(_)
+            | Self::Forbidden
+            | Self::PayloadTooLarge
             | Self::ClientAbort => Side::Downstream,
             Self::NoHealthyUpstream
             | Self::ConnectRefused
@@ -106,7 +121,7 @@ impl ProxyError {
             | Self::UpstreamProtocol
             | Self::RefusedStream => Side::Upstream,
             // Our own cap: no endpoint was tried, so none is to blame.
-            Self::Internal | Self::Overflow(_) => Side::Internal,
+            Self::Internal | Self::Overflow(_) | Self::Shed(_) => Side::Internal,
         }
     }
 
@@ -139,6 +154,11 @@ impl ProxyError {
             Self::RefusedStream => "URX",
             // Envoy's "upstream overflow" flag.
             Self::Overflow(_) => "UO",
+            Self::RateLimited(_) => "RL",
+            // Envoy's overload-manager flag.
+            Self::Shed(_) => "OM",
+            Self::Forbidden => "DENY",
+            Self::PayloadTooLarge => "DPE",
             Self::ClientAbort => "DC",
             Self::Internal => "LR",
         }
@@ -149,7 +169,11 @@ impl ProxyError {
         // After a framing problem or a body that stopped, the message boundary is lost.
         matches!(
             self,
-            Self::BadRequest(_) | Self::NotImplemented(_) | Self::ClientTimeout
+            Self::BadRequest(_)
+                | Self::NotImplemented(_)
+                | Self::ClientTimeout
+                // The rest of the body is still coming and will not be read.
+                | Self::PayloadTooLarge
         )
     }
 
@@ -162,6 +186,10 @@ impl ProxyError {
         accept: Option<&HeaderValue>,
     ) -> Response<ProxyBody> {
         let status = self.status();
+        let limited = match &self {
+            Self::RateLimited(l) => Some(l.clone()),
+            _ => None,
+        };
         let reason = self.to_string();
         let id = request_id.to_str().unwrap_or("-");
         let json = match format {
@@ -192,6 +220,11 @@ impl ProxyError {
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(l) = limited {
+            h.insert(header::RETRY_AFTER, l.retry_after);
+            h.insert(HeaderName::from_static("ratelimit-policy"), l.policy);
+            h.insert(HeaderName::from_static("ratelimit"), l.limit);
         }
         rsp
     }

@@ -20,7 +20,7 @@ use hyper::body::{Body as _, Incoming};
 
 use crate::{
     access_log::{self, Entry},
-    body::{BodyEnd, ProxyBody},
+    body::{BodyEnd, ProxyBody, RequestLimits},
     checks,
     config::UpstreamProtocol,
     error::{ProxyError, Side},
@@ -29,6 +29,12 @@ use crate::{
         hop_by_hop::{strip_hop_by_hop, upgrade_protocol},
         request_id::ensure_request_id,
     },
+    overload::{
+        InFlightGuard,
+        gate::{GatePermit, Refused},
+        shedder::Priority,
+    },
+    ratelimit::KeyInput,
     route::router::{LastResort, RouteRequest},
     server::listener::ConnInfo,
     snapshot::{Shared, Snapshot},
@@ -97,6 +103,9 @@ struct Hold {
     _in_flight: Option<InFlight>,
     _request: Option<Permit>,
     _retry: Option<Permit>,
+    /// The cluster's adaptive-concurrency slot and the process's in-flight place.
+    _gate: Option<GatePermit>,
+    _overload: Option<InFlightGuard>,
     /// The answer's outcome, counted against its endpoint once the body has ended (a response
     /// can still fail mid-body).
     verdict: Option<Verdict>,
@@ -162,12 +171,14 @@ pub async fn handle(
         upstream_secs: None,
         bytes_in: None,
         requests: conn.listener.gauges.requests.clone(),
-        _active: conn.activity.begin(),
+        _active: conn
+            .activity
+            .begin(conn.listener.config.max_requests_per_connection),
     }));
     conn.listener.gauges.requests.increment(1.0);
     let accept = req.headers().get(header::ACCEPT).cloned();
     let http1 = req.version() != http::Version::HTTP_2;
-    let result = proxy(req, conn, &snapshot, &mut pending, &request_id).await;
+    let result = proxy(req, conn, shared, &snapshot, &mut pending, &request_id).await;
     let Some(mut record) = pending.0.take() else {
         return Ok(ProxyError::Internal.into_response(
             &request_id,
@@ -232,6 +243,7 @@ pub async fn handle(
 async fn proxy(
     mut req: Request<Incoming>,
     conn: &ConnInfo,
+    shared: &Arc<Shared>,
     snapshot: &Snapshot,
     pending: &mut Pending,
     request_id: &HeaderValue,
@@ -276,6 +288,13 @@ async fn proxy(
         e.route = Some(route.name.to_string());
         e.cluster = Some(cluster.name.to_string());
     }
+    // Overload: refused before any work for the request, lowest priority first.
+    let admission = snapshot.route_policies.get(route.index);
+    let priority = admission.map_or(Priority::Normal, |a| a.priority);
+    let in_flight = shared
+        .overload
+        .admit(priority, &snapshot.config.overload, &snapshot.shed)
+        .map_err(ProxyError::Shed)?;
     // 3. The upstream request: hop-by-hop out, forwarding headers in, route rewrites.
     let upgrade = upgrade_protocol(req.headers());
     // `TE: trailers` is hop-by-hop, but an upstream needs it to send trailers (gRPC above all);
@@ -302,6 +321,32 @@ async fn proxy(
     );
     if let Some(e) = pending.0.as_mut().and_then(|r| r.entry.as_mut()) {
         e.client_ip = Some(client_ip);
+    }
+    // The route's own admission: client networks, body size, rate limits (each refusal is
+    // answered before anything reaches the upstream).
+    let listener = &conn.listener.config;
+    let max_body = admission
+        .and_then(|a| a.max_body)
+        .unwrap_or(listener.max_request_body_bytes);
+    if let Some(a) = admission {
+        if a.filter.as_ref().is_some_and(|f| !f.permits(client_ip)) {
+            return Err(ProxyError::Forbidden);
+        }
+        if max_body > 0 && body.size_hint().lower() > max_body {
+            return Err(ProxyError::PayloadTooLarge);
+        }
+        if !a.rate_limits.is_empty() {
+            let input = KeyInput {
+                client_ip,
+                headers: &parts.headers,
+                route: &route.name,
+            };
+            snapshot
+                .rate_limits
+                .check(&a.rate_limits, &input)
+                .await
+                .map_err(ProxyError::RateLimited)?;
+        }
     }
     let hash = hash_of(cluster, &parts, client_ip);
     route.rewrite.apply_request_headers(&mut parts.headers);
@@ -353,7 +398,16 @@ async fn proxy(
     let mut payload = if body.is_end_stream() {
         Payload::Empty
     } else {
-        let body = ProxyBody::streaming(body, cluster.body_idle_timeout);
+        let idle = listener
+            .request_body_timeout
+            .get()
+            .min(cluster.body_idle_timeout);
+        let body = ProxyBody::streaming(body, idle).with_limits(RequestLimits {
+            max_bytes: max_body,
+            min_rate: listener.request_body_min_rate,
+            grace: listener.request_body_timeout.get(),
+            started: tokio::time::Instant::now(),
+        });
         // The request body's size, for the access log (only counted when someone reads it).
         let body = match pending.0.as_mut().filter(|r| r.entry.is_some()) {
             Some(r) => {
@@ -381,6 +435,25 @@ async fn proxy(
     // One clock read serves the retry budget's window, the route's deadline, the pool's idle
     // check and the upstream's latency (the microseconds spent building the request count towards
     // none of them).
+    // A cluster with adaptive concurrency admits up to its learnt limit; the rest queue briefly,
+    // critical first.
+    let gate = match &cluster.adaptive {
+        Some(a) => {
+            let permit = a.gate.acquire(priority).await.map_err(|r| {
+                let label = match r {
+                    Refused::QueueFull => "adaptive_queue_full",
+                    Refused::Timeout => "adaptive_queue_timeout",
+                    Refused::Evicted => "adaptive_evicted",
+                };
+                crate::metrics::limit_overflow(&cluster.name, label);
+                ProxyError::Overflow(label)
+            })?;
+            a.record_queue_delay(permit.queued_for());
+            shared.overload.record_queue_delay(permit.queued_for());
+            Some((a, permit))
+        }
+        None => None,
+    };
     let sent_at = Instant::now();
     let request_permit = cluster
         .limits
@@ -401,7 +474,20 @@ async fn proxy(
             e.attempts = n;
         }
     })
-    .await?;
+    .await;
+    // The adaptive limit learns from every answer: a latency sample, or a loss when the upstream
+    // failed or said it is overloaded.
+    if let Some((a, permit)) = &gate {
+        let now = Instant::now();
+        match &answer {
+            Ok(ok) if ok.sent.response.status() != StatusCode::SERVICE_UNAVAILABLE => {
+                a.on_success(now, ok.upstream_time, permit.in_flight_at_start());
+            }
+            Err(e) if e.side() != Side::Upstream => {}
+            _ => a.on_drop(now),
+        }
+    }
+    let answer = answer?;
     if let Some(r) = pending.0.as_mut() {
         r.upstream_secs = Some(answer.upstream_time.as_secs_f64());
         if let Some(e) = r.entry.as_mut() {
@@ -412,6 +498,8 @@ async fn proxy(
         }
     }
     let hold = Hold {
+        _gate: gate.map(|(_, p)| p),
+        _overload: Some(in_flight),
         verdict: answer.verdict(cluster),
         _in_flight: Some(answer.in_flight),
         _request: Some(request_permit),

@@ -53,6 +53,11 @@ pub struct Snapshot {
     /// `route_targets[route.index][target]`: the route's clusters, resolved.
     pub route_targets: Vec<Vec<Arc<Cluster>>>,
     pub http: HttpPolicy,
+    /// Rate-limit policies (their buckets and the Redis connection carry over reloads).
+    pub rate_limits: crate::ratelimit::RateLimits,
+    /// `route_policies[route.index]`: what the route applies before forwarding.
+    pub route_policies: Vec<RoutePolicy>,
+    pub shed: crate::overload::shedder::ShedConfig,
     /// `request_metrics[listener slot][0]` for requests no route matched, `[slot][1 + route]`
     /// otherwise; empty for the slot of a listener this config does not have.
     request_metrics: Vec<Vec<crate::metrics::RequestMetrics>>,
@@ -78,6 +83,18 @@ impl Snapshot {
     pub fn retire(&self) {
         self.tasks.cancel();
     }
+}
+
+/// A route's admission policies, compiled.
+#[derive(Debug)]
+pub struct RoutePolicy {
+    /// Indexes into `Snapshot::rate_limits`, in the route's order.
+    pub rate_limits: Vec<usize>,
+    pub priority: crate::overload::shedder::Priority,
+    /// Client networks allowed or denied; `None` when the route lists neither.
+    pub filter: Option<crate::server::admission::IpFilter>,
+    /// Request body cap for this route (0 = none); `None` = the listener's.
+    pub max_body: Option<u64>,
 }
 
 /// Builds a snapshot. `previous` lends endpoints (pools, stats) whose identity is unchanged.
@@ -251,6 +268,18 @@ pub async fn compile(
             .map_err(|_| ConfigError::one("http.request_id_header", "not a header name"))?,
         error_format: config.http.error_format,
     };
+    let rate_limits =
+        crate::ratelimit::RateLimits::compile(config, previous.map(|p| &p.rate_limits));
+    let route_policies = config
+        .routes
+        .iter()
+        .map(|r| RoutePolicy {
+            rate_limits: rate_limits.indexes(&r.rate_limits),
+            priority: r.priority.into(),
+            filter: ip_filter(&r.allow, &r.deny),
+            max_body: r.max_request_body_bytes,
+        })
+        .collect();
     let mut request_metrics: Vec<Vec<crate::metrics::RequestMetrics>> = Vec::new();
     for l in config.listeners.keys() {
         let slot = listener_slot(l);
@@ -277,9 +306,28 @@ pub async fn compile(
         clusters,
         route_targets,
         http,
+        rate_limits,
+        route_policies,
+        shed: crate::overload::shed_config(&config.overload),
         tasks: stop.clone(),
         _tasks: stop.drop_guard(),
     })
+}
+
+/// An allow/deny filter from config strings (validated already), or `None` when both are empty.
+pub fn ip_filter(allow: &[String], deny: &[String]) -> Option<crate::server::admission::IpFilter> {
+    if allow.is_empty() && deny.is_empty() {
+        return None;
+    }
+    let nets = |l: &[String]| -> Vec<ipnet::IpNet> {
+        l.iter()
+            .filter_map(|s| config::validate::parse_net(s))
+            .collect()
+    };
+    Some(crate::server::admission::IpFilter::new(
+        &nets(allow),
+        &nets(deny),
+    ))
 }
 
 /// A listener name's slot, stable for the life of the process (names are few and never forgotten,
@@ -324,6 +372,10 @@ pub struct Shared {
     pub access_log: crate::access_log::AccessLog,
     /// Requests, failures and latency since start: the bake after a config change reads them.
     pub traffic: crate::reload::traffic::Traffic,
+    /// Requests in flight and the shed level, process-wide.
+    pub overload: Arc<crate::overload::Overload>,
+    /// Client connections open across every listener (`overload.max_connections`).
+    pub connections: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Shared {
@@ -334,6 +386,8 @@ impl Shared {
             started: Instant::now(),
             access_log,
             traffic: crate::reload::traffic::Traffic::new(),
+            overload: Arc::default(),
+            connections: Arc::default(),
         }
     }
 

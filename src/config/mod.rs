@@ -6,6 +6,7 @@
 
 pub mod duration;
 pub mod model;
+pub mod overload;
 pub mod reload;
 pub mod resilience;
 pub mod validate;
@@ -19,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 pub use duration::Dur;
 pub use model::*;
+pub use overload::*;
 pub use reload::{AutoRollbackConfig, ReloadConfig};
 pub use resilience::*;
 pub use validate::validate;
@@ -174,6 +176,9 @@ impl Config {
         if c.admin.auth_token.is_some() {
             c.admin.auth_token = Some("<redacted>".to_owned());
         }
+        if let Some(r) = c.redis.as_mut() {
+            r.url = redact_url_credentials(&r.url);
+        }
         for r in &mut c.routes {
             for m in &mut r.matches.headers {
                 if is_credential_header(&m.name) {
@@ -191,6 +196,18 @@ impl Config {
             }
         }
         c
+    }
+}
+
+/// `redis://user:secret@host` → `redis://<redacted>@host`: whatever sits before the `@` of the
+/// authority is a credential.
+fn redact_url_credentials(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) if scheme.is_empty() => format!("<redacted>{}", &rest[at..]),
+        Some(at) => format!("{scheme}://<redacted>{}", &rest[at..]),
+        None => url.to_owned(),
     }
 }
 
@@ -251,6 +268,18 @@ mod tests {
         assert_eq!(version_of(&a.config), version_of(&b.config));
         assert_ne!(version_of(&a.config), version_of(&c.config));
         assert_eq!(version_of(&a.config).len(), 12);
+    }
+
+    #[test]
+    fn redaction_hides_redis_credentials() {
+        assert_eq!(
+            redact_url_credentials("redis://:hunter2@db:6379/0"),
+            "redis://<redacted>@db:6379/0"
+        );
+        assert_eq!(
+            redact_url_credentials("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
     }
 
     #[test]

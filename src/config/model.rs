@@ -11,6 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     duration::Dur,
+    overload::{
+        AdaptiveConcurrencyConfig, OverloadConfig, Rate, RateLimitConfig, RedisConfig,
+        RoutePriority,
+    },
     resilience::{
         HealthCheckConfig, HedgeConfig, LastResortConfig, LimitsConfig, OutlierConfig,
         RetryBudgetConfig, RetryConfig, SlowStartConfig,
@@ -43,6 +47,13 @@ pub struct Config {
     pub clusters: BTreeMap<String, ClusterConfig>,
     #[serde(default)]
     pub reload: super::reload::ReloadConfig,
+    #[serde(default)]
+    pub overload: OverloadConfig,
+    /// The shared store for `scope = "shared"` rate limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitConfig>,
 }
 
 /// The operator interface: its own listener, loopback by default because it is unauthenticated unless
@@ -258,6 +269,50 @@ pub struct ListenerConfig {
     pub max_uri_bytes: usize,
     #[serde(default)]
     pub http2: Http2Config,
+    /// Open connections from one client address (IPv6: its /64) at once; 0 = no cap.
+    #[serde(default)]
+    pub max_connections_per_ip: u32,
+    /// New connections one client address may open (GCRA: `"20/s"`); absent = no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_rate_per_ip: Option<Rate>,
+    /// Connections a client may open at once before `connection_rate_per_ip` applies. Default: the
+    /// rate's count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_burst_per_ip: Option<u32>,
+    /// Only these client networks may connect (CIDRs or addresses); empty = everyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// These client networks are refused at accept (wins over `allow`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// Requests served on one connection before it is closed (HTTP/1 `Connection: close`, HTTP/2
+    /// GOAWAY); 0 = no cap.
+    #[serde(default = "default_max_requests_per_connection")]
+    pub max_requests_per_connection: u32,
+    /// A response write that makes no progress for this long cuts the connection (a client that
+    /// never reads cannot hold buffers or an upstream connection).
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout: Dur,
+    /// Request body size in bytes; beyond it 413. 0 = no limit. A route may set its own.
+    #[serde(default)]
+    pub max_request_body_bytes: u64,
+    /// Longest silence between two reads of a request body; then 408.
+    #[serde(default = "default_request_body_timeout")]
+    pub request_body_timeout: Dur,
+    /// Slowest average request-body rate (bytes/s) tolerated after the first
+    /// `request_body_timeout`; then 408. 0 = no minimum.
+    #[serde(default)]
+    pub request_body_min_rate: u32,
+}
+
+fn default_max_requests_per_connection() -> u32 {
+    1000
+}
+fn default_write_timeout() -> Dur {
+    Dur::secs(60)
+}
+fn default_request_body_timeout() -> Dur {
+    Dur::secs(60)
 }
 
 fn default_max_connections() -> usize {
@@ -381,6 +436,21 @@ pub struct RouteConfig {
     /// The response when nothing can serve, instead of a bare 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_resort: Option<LastResortConfig>,
+    /// `[[rate_limits]]` policies applied, by name, in order (every one must allow).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<String>,
+    /// Who is refused first under load.
+    #[serde(default)]
+    pub priority: RoutePriority,
+    /// Only these client networks may use the route (else 403); empty = everyone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// These client networks get 403 (wins over `allow`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// Overrides the listener's `max_request_body_bytes` (0 = no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
 }
 
 fn default_route_timeout() -> Dur {
@@ -508,6 +578,9 @@ pub struct ClusterConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub retry_budget: RetryBudgetConfig,
+    /// Present = on: the in-flight limit follows the upstream's latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive_concurrency: Option<AdaptiveConcurrencyConfig>,
     /// Below this percent of healthy capacity, traffic spreads over every endpoint, healthy or not,
     /// rather than crush the survivors; 0 disables.
     #[serde(default = "default_panic_threshold")]

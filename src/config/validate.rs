@@ -162,6 +162,7 @@ pub fn validate(config: &Config, base_dir: &Path) -> Diagnostics {
             d.warn(format!("clusters.{name}"), "not used by any route");
         }
     }
+    overload::check(&mut d, config);
     logic::check(&mut d, config);
     reload::check(&mut d, config);
     d
@@ -690,6 +691,7 @@ pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
 }
 
 mod logic;
+mod overload;
 mod reload;
 mod resilience;
 #[cfg(test)]

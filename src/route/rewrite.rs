@@ -164,6 +164,11 @@ mod tests {
             retry: crate::config::RetryConfig::default(),
             hedge: None,
             last_resort: None,
+            rate_limits: Vec::new(),
+            priority: crate::config::RoutePriority::Normal,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            max_request_body_bytes: None,
         }
     }
 

@@ -55,14 +55,26 @@ pub struct Activity {
     /// Set when an upgrade drains this connection: every response from now on carries
     /// `Connection: close` (the handler adds it).
     closing: AtomicBool,
+    /// Woken when the connection has served its `max_requests_per_connection`: the listener
+    /// then shuts it gracefully (HTTP/1 after this response, HTTP/2 with GOAWAY).
+    retire: tokio::sync::Notify,
 }
 
 impl Activity {
-    /// Marks one request busy until the guard drops.
-    pub fn begin(self: &Arc<Self>) -> ActiveGuard {
-        self.begun.fetch_add(1, Ordering::AcqRel);
+    /// Marks one request busy until the guard drops. With `max_requests` (0 = no cap) reached,
+    /// the connection is asked to finish after this request.
+    pub fn begin(self: &Arc<Self>, max_requests: u32) -> ActiveGuard {
+        let begun = self.begun.fetch_add(1, Ordering::AcqRel) + 1;
+        if max_requests > 0 && begun == max_requests as usize {
+            self.retire.notify_one();
+        }
         self.active.fetch_add(1, Ordering::AcqRel);
         ActiveGuard(Arc::clone(self))
+    }
+
+    /// Resolves once the connection has served all the requests it may.
+    pub async fn retired(&self) {
+        self.retire.notified().await;
     }
 
     /// Marks the connection as closing after its current or next response.
@@ -128,6 +140,11 @@ pub struct DeadlineIo<T> {
     idle_since: Instant,
     /// `Activity::begun` as last seen.
     seen_begun: usize,
+    /// A write (or flush) that makes no progress for this long fails: a client that stops reading
+    /// cannot hold the connection, its buffers and the upstream behind it (slow read). Zero: none.
+    write_timeout: Duration,
+    /// Armed when a write first has to wait; dropped as soon as one makes progress.
+    write_stall: Option<Pin<Box<Sleep>>>,
 }
 
 impl<T> DeadlineIo<T> {
@@ -158,6 +175,43 @@ impl<T> DeadlineIo<T> {
             released: false,
             idle_since: now,
             seen_begun,
+            write_timeout: Duration::ZERO,
+            write_stall: None,
+        }
+    }
+
+    /// Bounds how long a write may wait for the client to read.
+    pub fn with_write_timeout(mut self, timeout: Duration) -> Self {
+        self.write_timeout = timeout;
+        self
+    }
+
+    /// Passes a write's outcome through, failing it once the client has read nothing for
+    /// `write_timeout`.
+    fn stall<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match polled {
+            Poll::Pending if !self.write_timeout.is_zero() => {
+                let timeout = self.write_timeout;
+                let stall = self
+                    .write_stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(stall.as_mut().poll(cx));
+                self.write_stall = None;
+                metrics::counter!("palisade_write_timeouts_total").increment(1);
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "client did not read the response in time",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+            ready @ Poll::Ready(_) => {
+                self.write_stall = None;
+                ready
+            }
         }
     }
 
@@ -318,14 +372,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(self.inner()?).poll_write(cx, buf)
+        let polled = Pin::new(self.inner()?).poll_write(cx, buf);
+        self.stall(cx, polled)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(self.inner()?).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(self.inner()?).poll_write_vectored(cx, bufs);
+        self.stall(cx, polled)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner
@@ -333,7 +389,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for DeadlineIo<T> {
             .is_some_and(AsyncWrite::is_write_vectored)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(self.inner()?).poll_flush(cx)
+        let polled = Pin::new(self.inner()?).poll_flush(cx);
+        self.stall(cx, polled)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.released {
@@ -411,7 +468,7 @@ mod tests {
             mut client_rx,
             _client_tx: mut client_tx,
         } = after_reading(REQUEST, None).await;
-        drop(activity.begin());
+        drop(activity.begin(0));
         // Idle: the read parks, timing the 60 s idle limit.
         let parked = tokio::time::timeout(Duration::from_secs(30), io.read(&mut buf)).await;
         assert!(parked.is_err(), "still idle after 30 s");
@@ -435,7 +492,7 @@ mod tests {
      {
         let mut c = after_reading(REQUEST, None).await;
         // Served and finished with no read in between (hyper need not read while it answers).
-        drop(c.activity.begin());
+        drop(c.activity.begin(0));
         // No 408 at the header deadline: the connection idles until the idle timeout, then EOF.
         let start = Instant::now();
         assert_eq!(c.io.read(&mut c.buf).await.unwrap(), 0);
@@ -462,7 +519,7 @@ mod tests {
             _client_tx,
             client_rx: _client_rx,
         } = after_reading(REQUEST, None).await;
-        let guard = activity.begin();
+        let guard = activity.begin(0);
         // hyper parks one read while it answers and does not read again by itself afterwards.
         let reader = tokio::spawn(async move {
             let n = io.read(&mut buf).await.unwrap();
@@ -483,7 +540,7 @@ mod tests {
     async fn idle_http1_connection_is_released_into_its_slot() {
         let slot: Slot<DuplexStream> = Arc::default();
         let mut c = after_reading(REQUEST, Some(Arc::clone(&slot))).await;
-        drop(c.activity.begin());
+        drop(c.activity.begin(0));
         let start = Instant::now();
         assert_eq!(
             c.io.read(&mut c.buf).await.unwrap(),
@@ -502,7 +559,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn busy_connection_has_no_header_deadline_and_idle_closes_quietly() {
         let mut c = after_reading(REQUEST, None).await;
-        let guard = c.activity.begin();
+        let guard = c.activity.begin(0);
         // While busy, a long silence is not a timeout.
         let slept = tokio::time::timeout(Duration::from_secs(120), c.io.read(&mut c.buf)).await;
         assert!(

@@ -27,7 +27,12 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::deadline::{Activity, DeadlineIo, Slot};
+use super::{
+    admission::{IpFilter, PerIp},
+    deadline::{Activity, DeadlineIo, Slot},
+    h2_guard::{FloodLimits, H2Guard},
+};
+use crate::ratelimit::gcra::Quota;
 use crate::{config::ListenerConfig, handler, metrics::ListenerGauges, snapshot::Shared};
 
 /// What a listener's connections share.
@@ -39,6 +44,13 @@ pub struct ListenerCtx {
     pub config: ListenerConfig,
     pub tls: Option<TlsAcceptor>,
     pub gauges: Arc<ListenerGauges>,
+    /// Client networks allowed or denied at accept.
+    pub filter: Option<IpFilter>,
+    /// Per-client connection cap and new-connection rate; carried over a reload while those
+    /// settings are unchanged (so open connections stay counted).
+    pub per_ip: Option<Arc<PerIp>>,
+    /// What an HTTP/2 client may send that carries no request before it is cut.
+    pub flood: FloodLimits,
     builder: auto::Builder<TokioExecutor>,
 }
 
@@ -61,8 +73,39 @@ impl std::fmt::Debug for ListenerCtx {
 }
 
 impl ListenerCtx {
-    pub fn new(name: &str, config: ListenerConfig, tls: Option<TlsAcceptor>) -> Self {
+    pub fn new(
+        name: &str,
+        config: ListenerConfig,
+        tls: Option<TlsAcceptor>,
+        previous: Option<&ListenerCtx>,
+    ) -> Self {
         let index = crate::snapshot::listener_slot(name);
+        let filter = crate::snapshot::ip_filter(&config.allow, &config.deny);
+        let same_per_ip = |p: &ListenerCtx| {
+            p.config.max_connections_per_ip == config.max_connections_per_ip
+                && p.config.connection_rate_per_ip == config.connection_rate_per_ip
+                && p.config.connection_burst_per_ip == config.connection_burst_per_ip
+        };
+        let per_ip = match previous.filter(|p| same_per_ip(p)) {
+            Some(p) => p.per_ip.clone(),
+            None if config.max_connections_per_ip > 0
+                || config.connection_rate_per_ip.is_some() =>
+            {
+                let rate = config.connection_rate_per_ip.map(|r| {
+                    Quota::new(
+                        r.count,
+                        r.period,
+                        config.connection_burst_per_ip.unwrap_or(r.count),
+                    )
+                });
+                Some(Arc::new(PerIp::new(
+                    config.max_connections_per_ip,
+                    rate,
+                    PER_IP_TRACKED,
+                )))
+            }
+            None => None,
+        };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -98,9 +141,20 @@ impl ListenerCtx {
             config,
             tls,
             gauges,
+            filter,
+            per_ip,
+            flood: FloodLimits::default(),
             builder,
         }
     }
+}
+
+/// Client addresses a listener tracks at once for its per-client limits.
+const PER_IP_TRACKED: usize = 100_000;
+
+/// Why a connection was refused at accept: closed at once, before TLS or HTTP, and counted.
+fn refuse(ctx: &ListenerCtx, reason: &'static str) {
+    metrics::counter!("palisade_connections_refused_total", "listener" => ctx.name.to_string(), "reason" => reason).increment(1);
 }
 
 /// Binds with SO_REUSEADDR and a deep backlog (connections beyond the cap wait there, as in HAProxy).
@@ -185,16 +239,38 @@ pub async fn serve(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
         // A reload while this loop waited in accept: the connection gets the new settings.
         if ctx_rx.has_changed().unwrap_or(false) {
             ctx = Arc::clone(&ctx_rx.borrow_and_update());
         }
+        // Abuse limits, before any TLS or HTTP work: a refused connection is closed at once (the
+        // kernel sends RST for unread data; nothing is written to it).
+        let ip = peer.ip();
+        if ctx.filter.as_ref().is_some_and(|f| !f.permits(ip)) {
+            refuse(&ctx, "denied");
+            continue;
+        }
+        let ip_slot = match &ctx.per_ip {
+            Some(p) => match p.admit(ip, crate::ratelimit::monotonic_ns()) {
+                Ok(slot) => Some(slot),
+                Err(r) => {
+                    refuse(&ctx, r.as_str());
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let Some(global) = GlobalSlot::take(&shared) else {
+            refuse(&ctx, "max_connections");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
         let ctx = Arc::clone(&ctx);
         let shared = Arc::clone(&shared);
         let drain = drain.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let _slots = (ip_slot, global);
             ctx.gauges.connections.increment(1.0);
             serve_connection(stream, peer, &ctx, shared, &drain).await;
             ctx.gauges.connections.decrement(1.0);
@@ -209,6 +285,24 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!(listener = %ctx.name, "drain timeout reached; closing remaining connections");
+    }
+}
+
+/// One connection counted against `overload.max_connections` (all listeners together).
+struct GlobalSlot(Arc<std::sync::atomic::AtomicU32>);
+
+impl GlobalSlot {
+    fn take(shared: &Shared) -> Option<Self> {
+        let max = shared.load().config.overload.max_connections;
+        let n = shared.connections.fetch_add(1, Ordering::AcqRel);
+        let slot = GlobalSlot(Arc::clone(&shared.connections));
+        (max == 0 || n < max).then_some(slot)
+    }
+}
+
+impl Drop for GlobalSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -305,7 +399,8 @@ async fn serve_tls(
         }
     };
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-    let io = DeadlineIo::new(tls, Arc::clone(&info.activity), header, idle, Some(h2));
+    let io = DeadlineIo::new(tls, Arc::clone(&info.activity), header, idle, Some(h2))
+        .with_write_timeout(cfg.write_timeout.get());
     drive(io, &info, shared, ctx, drain, Some(h2)).await;
 }
 
@@ -325,7 +420,8 @@ async fn serve_plain(
     loop {
         let slot: Slot<TcpStream> = Arc::default();
         let io = DeadlineIo::new(stream, Arc::clone(&info.activity), header, idle, h2)
-            .with_release(Arc::clone(&slot));
+            .with_release(Arc::clone(&slot))
+            .with_write_timeout(cfg.write_timeout.get());
         drive(io, &info, shared, ctx, drain, h2).await;
         let Some((idle_stream, idle_since)) =
             slot.lock().unwrap_or_else(PoisonError::into_inner).take()
@@ -346,6 +442,9 @@ async fn serve_plain(
 
 /// Runs hyper on one connection until it ends, or until drain asks it to finish gracefully.
 /// `h2`: the protocol when already known (ALPN, or HTTP/1 after an idle release).
+///
+/// The stream goes through `H2Guard` first: an HTTP/2 client flooding frames that carry no request
+/// (PING, SETTINGS, empty DATA, CONTINUATION…) gets GOAWAY `ENHANCE_YOUR_CALM` and is closed.
 async fn drive<T>(
     io: DeadlineIo<T>,
     info: &Arc<ConnInfo>,
@@ -356,43 +455,60 @@ async fn drive<T>(
 ) where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::clone(&info.activity);
-    let (info, shared) = (Arc::clone(info), Arc::clone(shared));
-    let svc = service_fn(move |req: Request<Incoming>| {
-        // Boxed so an idle keep-alive connection does not carry the (large) request future inline.
-        Box::pin(handler::handle(req, Arc::clone(&info), Arc::clone(&shared)))
-    });
-    // Boxed so that its memory is freed when an idle connection leaves hyper.
-    let mut conn = Box::pin(
-        ctx.builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc),
-    );
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
+    let io = H2Guard::new(io, ctx.flood, h2);
+    let flag = io.flag();
+    // An inner block so that every way the connection ends passes the flood check below.
+    async {
+        let activity = Arc::clone(&info.activity);
+        let (info, shared) = (Arc::clone(info), Arc::clone(shared));
+        let svc = service_fn(move |req: Request<Incoming>| {
+            // Boxed so an idle keep-alive connection does not carry the (large) request future inline.
+            Box::pin(handler::handle(req, Arc::clone(&info), Arc::clone(&shared)))
+        });
+        // Boxed so that its memory is freed when an idle connection leaves hyper.
+        let mut conn = Box::pin(
+            ctx.builder
+                .serve_connection_with_upgrades(TokioIo::new(io), svc),
+        );
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::trace!(listener = %ctx.name, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = drain.token.cancelled() => {}
+            // `max_requests_per_connection` served: HTTP/1 closes after this response (hyper says
+            // `Connection: close`), HTTP/2 sends GOAWAY and finishes its streams.
+            () = activity.retired() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+                return;
+            }
+        }
+        // Lingering, an HTTP/1 connection is shut only once a request that began after the drain is
+        // under way, so that request is answered with `Connection: close` and nothing is cut: an
+        // idle connection (or one accepted a moment before the drain) is never closed under a request
+        // the client is sending, and a response already on its way without `close` is followed by one
+        // more that says it. HTTP/2's GOAWAY has no such race.
+        if drain.lingers() && h2 != Some(true) {
+            // Lingering (upgrade), an HTTP/1 connection is not shut from outside: every response
+            // the handler builds from here on says `Connection: close`, and hyper closes after
+            // writing it. So the client is told before the close, whether the connection was idle,
+            // just accepted, or busy with a response already on its way (the next one says it), and
+            // no request it sends is cut. One that never sends again ends at its idle timeout.
+            activity.set_closing();
+            if let Err(e) = conn.await {
                 tracing::trace!(listener = %ctx.name, error = %e, "connection ended with an error");
             }
             return;
         }
-        () = drain.token.cancelled() => {}
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
     }
-    // Lingering, an HTTP/1 connection is shut only once a request that began after the drain is
-    // under way, so that request is answered with `Connection: close` and nothing is cut: an
-    // idle connection (or one accepted a moment before the drain) is never closed under a request
-    // the client is sending, and a response already on its way without `close` is followed by one
-    // more that says it. HTTP/2's GOAWAY has no such race.
-    if drain.lingers() && h2 != Some(true) {
-        // Lingering (upgrade), an HTTP/1 connection is not shut from outside: every response
-        // the handler builds from here on says `Connection: close`, and hyper closes after
-        // writing it. So the client is told before the close, whether the connection was idle,
-        // just accepted, or busy with a response already on its way (the next one says it), and
-        // no request it sends is cut. One that never sends again ends at its idle timeout.
-        activity.set_closing();
-        if let Err(e) = conn.await {
-            tracing::trace!(listener = %ctx.name, error = %e, "connection ended with an error");
-        }
-        return;
+    .await;
+    if let Some(reason) = flag.get() {
+        metrics::counter!("palisade_h2_floods_total", "listener" => ctx.name.to_string(), "reason" => *reason).increment(1);
+        tracing::info!(listener = %ctx.name, peer = %info.peer, reason, "HTTP/2 flood: sent GOAWAY ENHANCE_YOUR_CALM and closed");
     }
-    conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
 }

@@ -109,7 +109,13 @@ impl ListenerSet {
             let Ok(addr) = l.listen.parse::<SocketAddr>() else {
                 continue; // validation reported it
             };
-            let ctx = Arc::new(ListenerCtx::new(name, l.clone(), acceptor));
+            let previous = self.running.get(name).map(|r| Arc::clone(&r.ctx.borrow()));
+            let ctx = Arc::new(ListenerCtx::new(
+                name,
+                l.clone(),
+                acceptor,
+                previous.as_deref(),
+            ));
             // An inherited socket serves only if it is still the configured address (the new
             // config may have moved the listener); otherwise it is dropped and a new one bound.
             let inherited = inherited

@@ -6,7 +6,9 @@
 //! `listener.rs` owns one socket's accept loop and connections; `deadline.rs` the per-connection
 //! timer; `handoff.rs` passes the listening sockets to a new binary during an upgrade.
 
+pub mod admission;
 pub mod deadline;
+pub mod h2_guard;
 pub mod handoff;
 pub mod listener;
 pub mod listeners;
@@ -149,6 +151,10 @@ pub async fn start_with(source: &Source, mut options: Options) -> Result<Running
     );
     let background = CancellationToken::new();
     tokio::spawn(bake_ticker(Arc::clone(&reloader), background.clone()));
+    tokio::spawn(crate::overload::observe_loop(
+        Arc::clone(&shared),
+        background.clone(),
+    ));
     if let (Some(path), true) = (&options.config_path, config.reload.watch) {
         tokio::spawn(crate::reload::watch::run(
             Arc::clone(&reloader),

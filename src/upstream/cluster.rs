@@ -312,6 +312,8 @@ pub struct Cluster {
     pub latency: Arc<LatencyHistogram>,
     /// Set at compile when a route hedges on this cluster's quantile.
     pub track_latency: AtomicBool,
+    /// The in-flight limit that follows the upstream's latency, when `adaptive_concurrency` is set.
+    pub adaptive: Option<Arc<crate::overload::Adaptive>>,
     /// Whether the last plan was in panic mode (so the change is logged once, not per rebuild).
     panic: AtomicBool,
     members: ArcSwap<Members>,
@@ -373,6 +375,13 @@ impl Cluster {
             wake: Notify::new(),
             latency: Arc::default(),
             track_latency: AtomicBool::new(false),
+            adaptive: cfg.adaptive_concurrency.as_ref().map(|a| {
+                Arc::new(crate::overload::Adaptive::new(
+                    name,
+                    a,
+                    std::time::Instant::now(),
+                ))
+            }),
             panic: AtomicBool::new(members.plan.panic),
             members: ArcSwap::from_pointee(members),
         }
@@ -380,9 +389,15 @@ impl Cluster {
 
     /// The balancer as written in the config.
     /// Takes over what the previous snapshot's cluster of this name learnt (its latency
-    /// histogram), at compile, before the cluster is shared.
+    /// histogram, its adaptive limit), at compile, before the cluster is shared.
     pub fn carry_over(&mut self, previous: &Self) {
         self.latency = Arc::clone(&previous.latency);
+        // The learnt limit and the requests queued at the gate stay while the settings do.
+        if let (Some(new), Some(old)) = (&self.adaptive, &previous.adaptive)
+            && new.config == old.config
+        {
+            self.adaptive = Some(Arc::clone(old));
+        }
     }
 
     pub fn balance_name(&self) -> &'static str {

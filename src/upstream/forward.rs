@@ -237,7 +237,8 @@ fn map_error(e: SendError) -> ProxyError {
 /// A client request body's failure, as the error answered.
 pub fn client_body_error(e: &BodyError) -> ProxyError {
     match e {
-        BodyError::Idle => ProxyError::ClientTimeout,
+        BodyError::Idle | BodyError::TooSlow => ProxyError::ClientTimeout,
+        BodyError::TooLarge => ProxyError::PayloadTooLarge,
         BodyError::Peer(_) => ProxyError::BadRequest("invalid request body"),
     }
 }

@@ -14,6 +14,7 @@ pub mod certs;
 pub mod h2raw;
 pub mod process;
 pub mod raw;
+pub mod redis;
 pub mod servers;
 pub mod upstream;
 

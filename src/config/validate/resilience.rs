@@ -285,13 +285,13 @@ pub(super) fn check_route(d: &mut Diagnostics, p: &str, r: &RouteConfig) {
     }
 }
 
-fn positive(d: &mut Diagnostics, path: &str, v: Dur) {
+pub(super) fn positive(d: &mut Diagnostics, path: &str, v: Dur) {
     if v.get() == Duration::ZERO {
         d.error(path, "must be more than 0");
     }
 }
 
-fn percent(d: &mut Diagnostics, path: &str, v: u32, min: u32) {
+pub(super) fn percent(d: &mut Diagnostics, path: &str, v: u32, min: u32) {
     if !(min..=100).contains(&v) {
         d.error(path, format!("{v} must be between {min} and 100"));
     }

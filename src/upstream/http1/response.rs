@@ -139,7 +139,8 @@ fn upstream_error(e: ResponseBodyError) -> BodyError {
 /// it stalled, `DPE` when it was malformed or cut).
 pub fn failure_flag(e: &BodyError) -> &'static str {
     match e {
-        BodyError::Idle => "DT",
+        BodyError::Idle | BodyError::TooSlow => "DT",
+        BodyError::TooLarge => "DPE",
         BodyError::Peer(p) if p.is::<ResponseBodyError>() => "UR",
         BodyError::Peer(_) => "DPE",
     }
