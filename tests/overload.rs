@@ -254,6 +254,50 @@ async fn a_client_over_its_connection_cap_is_cut_at_accept() {
     .await;
 }
 
+#[tokio::test]
+async fn a_client_opening_connections_too_fast_is_cut_and_so_is_one_over_the_global_cap() {
+    let up = EchoServer::start("up").await;
+    // Three new connections per hour from one client: the fourth is refused at accept.
+    let proxy = Proxy::start(&config(
+        up.addr(),
+        "",
+        "[listeners.web]\nconnection_rate_per_ip = \"3/h\"",
+    ))
+    .await;
+    for _ in 0..3 {
+        let mut c = RawConn::connect(proxy.addr()).await;
+        c.send(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await;
+        assert_eq!(c.read_response().await.status, 200);
+    }
+    let mut fourth = RawConn::connect(proxy.addr()).await;
+    fourth
+        .send_lossy(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    assert!(matches!(fourth.fate(support::STEP).await, Fate::Closed));
+
+    // overload.max_connections counts every listener's connections together.
+    let proxy = Proxy::start(&config(up.addr(), "", "[overload]\nmax_connections = 1")).await;
+    let mut first = RawConn::connect(proxy.addr()).await;
+    first.send(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(first.read_response().await.status, 200);
+    let mut second = RawConn::connect(proxy.addr()).await;
+    second
+        .send_lossy(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await;
+    assert!(matches!(second.fate(support::STEP).await, Fate::Closed));
+    let metrics = proxy.admin_get("/metrics").await.text();
+    for reason in ["per_ip_rate", "max_connections"] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("palisade_connections_refused_total")
+                    && l.contains(&format!("reason=\"{reason}\""))),
+            "{reason}: {metrics}"
+        );
+    }
+}
+
 // ---- bodies, slow clients, connection reuse ----
 
 #[tokio::test]

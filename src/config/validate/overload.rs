@@ -236,3 +236,120 @@ fn nets(d: &mut Diagnostics, path: &str, list: &[String]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{OK, check, paths};
+
+    #[test]
+    fn a_config_using_every_table_well_is_clean() {
+        let d = check(&format!(
+            r#"{OK}
+[redis]
+url = "redis://127.0.0.1:6379"
+
+[[rate_limits]]
+name = "per-key"
+key = ["header:x-api-key", "route"]
+rate = "1000/s"
+burst = 100
+scope = "shared"
+
+[overload]
+max_in_flight = 5000
+max_connections = 20000
+memory_limit_bytes = 2000000000
+
+[clusters.web.adaptive_concurrency]
+max_limit = 500
+"#
+        )
+        .replace(
+            "cluster = \"web\"",
+            "cluster = \"web\"\nrate_limits = [\"per-key\"]\npriority = \"critical\"\ndeny = [\"10.0.0.0/8\"]",
+        ));
+        assert!(d.is_ok(), "{:?}", d.errors);
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    }
+
+    #[test]
+    fn every_overload_problem_is_reported_with_its_path() {
+        let d = check(&format!(
+            r#"{OK}
+[redis]
+url = "rediss://db:6379"
+timeout = "0s"
+instance_ttl = "500ms"
+
+[[rate_limits]]
+name = "bad name"
+key = ["cookie:x", "client_ip", "client_ip"]
+rate = "0/s"
+burst = 0
+max_keys = 0
+
+[[rate_limits]]
+name = "bad name"
+key = []
+rate = "1/s"
+
+[overload]
+max_in_flight = 0
+shed_sheddable_percent = 99
+shed_normal_percent = 90
+
+[clusters.web.adaptive_concurrency]
+min_limit = 10
+max_limit = 5
+initial_limit = 1
+min_rtt_interval = "50ms"
+max_queue = 5
+queue_timeout = "0s"
+"#
+        )
+        .replace(
+            "[listeners.web]",
+            "[listeners.web]\nallow = [\"10.0.0.0/33\"]\nconnection_burst_per_ip = 0\nwrite_timeout = \"0s\"",
+        )
+        .replace(
+            "cluster = \"web\"",
+            "cluster = \"web\"\nrate_limits = [\"missing\"]\ndeny = [\"nope\"]",
+        ));
+        let p = paths(&d.errors);
+        for expected in [
+            "redis.url",
+            "redis.timeout",
+            "redis.instance_ttl",
+            "rate_limits[0].name",
+            "rate_limits[0].key[0]",
+            "rate_limits[0].key[2]",
+            "rate_limits[0].rate",
+            "rate_limits[0].burst",
+            "rate_limits[0].max_keys",
+            "rate_limits[1].name",
+            "rate_limits[1].key",
+            "routes[0].rate_limits[0]",
+            "routes[0].deny[0]",
+            "overload.max_in_flight",
+            "overload.shed_sheddable_percent",
+            "listeners.web.allow[0]",
+            "listeners.web.connection_burst_per_ip",
+            "listeners.web.write_timeout",
+            "clusters.web.adaptive_concurrency.min_limit",
+            "clusters.web.adaptive_concurrency.initial_limit",
+            "clusters.web.adaptive_concurrency.min_rtt_interval",
+            "clusters.web.adaptive_concurrency.queue_timeout",
+        ] {
+            assert!(p.contains(&expected), "missing {expected} in {p:?}");
+        }
+    }
+
+    #[test]
+    fn a_shared_policy_needs_redis_and_an_unused_one_is_a_warning() {
+        let d = check(&format!(
+            "{OK}\n[[rate_limits]]\nname = \"p\"\nkey = [\"client_ip\"]\nrate = \"1/s\"\nscope = \"shared\"\n"
+        ));
+        assert_eq!(paths(&d.errors), vec!["rate_limits[0].scope"]);
+        assert_eq!(paths(&d.warnings), vec!["rate_limits[0]"]);
+    }
+}
