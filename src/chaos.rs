@@ -9,6 +9,10 @@
 //! Faults apply uniformly to every path, `/healthz` included, so an active health check sees what
 //! clients see.
 //!
+//! An upstream may also have a fixed [`Capacity`] (for the overload benchmark): at most `concurrency`
+//! requests in service at once, each taking `service_time`, the rest waiting inside the upstream in
+//! arrival order, like a thread pool. Without one (the default) requests are served at once.
+//!
 //! It owns the upstream servers, their fault switch and the control listener. It does not own the
 //! demo's config or the proxy (see [`crate::demo`]), nor any notion of health: it only misbehaves
 //! on request.
@@ -76,6 +80,95 @@ const DEFAULT_STATUS: u16 = 503;
 const MAX_SLOW_PATH: Duration = Duration::from_secs(60);
 /// `/slow` without `ms=`.
 const DEFAULT_SLOW_PATH: Duration = Duration::from_millis(500);
+
+/// A fixed service capacity: at most `concurrency` requests in service at once, each held for
+/// `service_time` before its normal answer; a request beyond `concurrency` waits inside the
+/// upstream, first come first served (like a thread pool with a queue in front). So the upstream
+/// serves at most `concurrency / service_time` requests per second, and latency grows with the
+/// queue when it is offered more. It applies to requests that get the normal answer (`ok`, `slow`,
+/// the successful part of `flaky`), on every path; other faults answer without waiting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Requests in service at once, at least 1.
+    pub concurrency: usize,
+    /// How long each request is in service.
+    pub service_time: Duration,
+}
+
+impl Capacity {
+    /// Requests per second this capacity serves when saturated (`concurrency / service_time`);
+    /// infinite for a zero service time.
+    pub fn requests_per_second(&self) -> f64 {
+        self.concurrency as f64 / self.service_time.as_secs_f64()
+    }
+}
+
+/// The queue and slots of an upstream with a [`Capacity`].
+struct Gate {
+    capacity: Capacity,
+    /// Fair (FIFO) in tokio: waiters get permits in the order they asked.
+    slots: tokio::sync::Semaphore,
+    waiting: AtomicUsize,
+    in_service: AtomicUsize,
+}
+
+/// Holds a service slot; dropping it frees the slot.
+struct InService<'a> {
+    gate: &'a Gate,
+    _permit: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+impl Drop for InService<'_> {
+    fn drop(&mut self) {
+        self.gate.in_service.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Gate {
+    fn new(capacity: Capacity) -> Gate {
+        Gate {
+            capacity,
+            slots: tokio::sync::Semaphore::new(capacity.concurrency),
+            waiting: AtomicUsize::new(0),
+            in_service: AtomicUsize::new(0),
+        }
+    }
+
+    /// Waits for a slot (in arrival order), then the service time; the slot is held until the
+    /// returned guard drops (after the answer is built).
+    async fn serve(&self) -> InService<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        // Counted down even if the request is dropped while waiting (its client went away).
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let waiting = Waiting(&self.waiting);
+        // The semaphore is never closed; an error would only skip the wait.
+        let permit = self.slots.acquire().await.ok();
+        drop(waiting);
+        self.in_service.fetch_add(1, Ordering::Relaxed);
+        let guard = InService {
+            gate: self,
+            _permit: permit,
+        };
+        if !self.capacity.service_time.is_zero() {
+            tokio::time::sleep(self.capacity.service_time).await;
+        }
+        guard
+    }
+
+    fn state_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "concurrency": self.capacity.concurrency,
+            "service_time_ms": self.capacity.service_time.as_secs_f64() * 1000.0,
+            "in_service": self.in_service.load(Ordering::Relaxed),
+            "waiting": self.waiting.load(Ordering::Relaxed),
+        })
+    }
+}
 
 const SPELLINGS: &str = "ok, refuse, hang, slow, slow=250ms, 5xx, status=500, reset, flaky, \
                          flaky=50, flaky=50:500";
@@ -311,6 +404,8 @@ struct Shared {
     requests: AtomicU64,
     /// Connections being served.
     open: AtomicUsize,
+    /// The fixed capacity, when the upstream has one.
+    gate: Option<Gate>,
 }
 
 impl Shared {
@@ -349,7 +444,31 @@ impl ChaosUpstream {
         Self::start_seeded(name, bind, fastrand::u64(..)).await
     }
 
+    /// [`ChaosUpstream::start`] with a fixed [`Capacity`] (`concurrency` at least 1).
+    pub async fn start_with_capacity(
+        name: &str,
+        bind: SocketAddr,
+        capacity: Capacity,
+    ) -> io::Result<ChaosUpstream> {
+        if capacity.concurrency == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a capacity needs a concurrency of at least 1",
+            ));
+        }
+        Self::start_inner(name, bind, fastrand::u64(..), Some(capacity)).await
+    }
+
     async fn start_seeded(name: &str, bind: SocketAddr, seed: u64) -> io::Result<ChaosUpstream> {
+        Self::start_inner(name, bind, seed, None).await
+    }
+
+    async fn start_inner(
+        name: &str,
+        bind: SocketAddr,
+        seed: u64,
+        capacity: Option<Capacity>,
+    ) -> io::Result<ChaosUpstream> {
         if !valid_name(name) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -368,6 +487,7 @@ impl ChaosUpstream {
             applied: watch::Sender::new(0),
             requests: AtomicU64::new(0),
             open: AtomicUsize::new(0),
+            gate: capacity.map(Gate::new),
         });
         let stop = CancellationToken::new();
         tokio::spawn(accept_loop(
@@ -424,13 +544,22 @@ impl ChaosUpstream {
         self.inner.shared.requests.load(Ordering::Relaxed)
     }
 
+    /// The fixed capacity given to [`ChaosUpstream::start_with_capacity`], if any.
+    pub fn capacity(&self) -> Option<Capacity> {
+        self.inner.shared.gate.as_ref().map(|g| g.capacity)
+    }
+
     fn state_json(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "name": self.name(),
             "addr": self.addr().to_string(),
             "fault": self.fault().to_string(),
             "requests": self.requests(),
-        })
+        });
+        if let (Some(g), Some(m)) = (&self.inner.shared.gate, v.as_object_mut()) {
+            m.insert("capacity".into(), g.state_json());
+        }
+        v
     }
 }
 
@@ -669,6 +798,10 @@ async fn respond(
             Ok(response(&up, StatusCode::OK, body, TEXT))
         }
         Plan::Answer(delay) => {
+            let _slot = match &up.gate {
+                Some(gate) => Some(gate.serve().await),
+                None => None,
+            };
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -1439,6 +1572,85 @@ mod tests {
         assert_eq!(got, want);
         let failed = got.iter().filter(|s| **s == 500).count();
         assert!((60..=140).contains(&failed), "{failed} of 200 at 50%");
+    }
+
+    #[tokio::test]
+    async fn capacity_serves_at_most_concurrency_at_once_and_queues_the_rest() {
+        let cap = Capacity {
+            concurrency: 2,
+            service_time: Duration::from_millis(80),
+        };
+        assert!((cap.requests_per_second() - 25.0).abs() < 1e-9);
+        let up = ChaosUpstream::start_with_capacity("c", local(), cap)
+            .await
+            .unwrap();
+        assert_eq!(up.capacity(), Some(cap));
+        let t0 = Instant::now();
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let addr = up.addr();
+                tokio::spawn(async move {
+                    let r = get(addr, "/").await.unwrap();
+                    (r.status, t0.elapsed())
+                })
+            })
+            .collect();
+        eventually("two in service, two waiting", || {
+            let g = up.inner.shared.gate.as_ref().unwrap();
+            g.in_service.load(Ordering::Relaxed) == 2 && g.waiting.load(Ordering::Relaxed) == 2
+        })
+        .await;
+        let mut times = Vec::new();
+        for c in calls {
+            let (status, took) = c.await.unwrap();
+            assert_eq!(status, 200);
+            times.push(took);
+        }
+        times.sort();
+        assert!(times[1] >= Duration::from_millis(80), "{times:?}");
+        assert!(
+            times[2] >= Duration::from_millis(160),
+            "the third waits for a slot: {times:?}"
+        );
+        let g = up.inner.shared.gate.as_ref().unwrap();
+        eventually("all slots free", || {
+            g.in_service.load(Ordering::Relaxed) == 0 && g.waiting.load(Ordering::Relaxed) == 0
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn capacity_leaves_other_faults_unqueued_and_shows_in_the_state() {
+        let cap = Capacity {
+            concurrency: 1,
+            service_time: Duration::from_millis(200),
+        };
+        let up = ChaosUpstream::start_with_capacity("c", local(), cap)
+            .await
+            .unwrap();
+        up.set(Fault::Status(503));
+        let t0 = Instant::now();
+        assert_eq!(get(up.addr(), "/").await.unwrap().status, 503);
+        assert!(t0.elapsed() < Duration::from_millis(200));
+        let v = up.state_json();
+        assert_eq!(v["capacity"]["concurrency"], 1);
+        assert_eq!(v["capacity"]["service_time_ms"], 200.0);
+        assert!(
+            ChaosUpstream::start("n", local())
+                .await
+                .unwrap()
+                .state_json()
+                .get("capacity")
+                .is_none()
+        );
+        let zero = Capacity {
+            concurrency: 0,
+            service_time: Duration::from_millis(1),
+        };
+        let err = ChaosUpstream::start_with_capacity("z", local(), zero)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[tokio::test]

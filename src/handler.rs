@@ -439,6 +439,10 @@ async fn proxy(
     // critical first.
     let gate = match &cluster.adaptive {
         Some(a) => {
+            if !a.may_queue(priority) {
+                crate::metrics::limit_overflow(&cluster.name, "adaptive_queue_full");
+                return Err(ProxyError::Overflow("adaptive_queue_full"));
+            }
             let permit = a.gate.acquire(priority).await.map_err(|r| {
                 let label = match r {
                     Refused::QueueFull => "adaptive_queue_full",

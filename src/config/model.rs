@@ -286,8 +286,9 @@ pub struct ListenerConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deny: Vec<String>,
     /// Requests served on one connection before it is closed (HTTP/1 `Connection: close`, HTTP/2
-    /// GOAWAY); 0 = no cap.
-    #[serde(default = "default_max_requests_per_connection")]
+    /// GOAWAY); 0 = no cap (the default, as in HAProxy and Envoy: a long-lived gRPC connection
+    /// is not cut every thousand calls).
+    #[serde(default)]
     pub max_requests_per_connection: u32,
     /// A response write that makes no progress for this long cuts the connection (a client that
     /// never reads cannot hold buffers or an upstream connection).
@@ -305,9 +306,6 @@ pub struct ListenerConfig {
     pub request_body_min_rate: u32,
 }
 
-fn default_max_requests_per_connection() -> u32 {
-    1000
-}
 fn default_write_timeout() -> Dur {
     Dur::secs(60)
 }

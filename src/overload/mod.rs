@@ -175,7 +175,10 @@ impl Overload {
     /// One observation of the slow signals (queueing delay, memory): updates the shed level.
     pub fn observe(&self, now: Instant, c: &OverloadConfig, rss_bytes: Option<u64>) -> Level {
         let signals = Signals {
-            in_flight: f64::from(self.in_flight()) / f64::from(c.max_in_flight.max(1)),
+            // In flight is judged per request (`admit`) against its own thresholds; fed here too,
+            // one sample at a threshold would hold a shed level for the hold time after the load
+            // has gone (the overload benchmark lost half its goodput that way).
+            in_flight: 0.0,
             queue_delay: self.queue_delay().as_secs_f64()
                 / c.queue_delay_target.get().as_secs_f64().max(1e-6),
             memory: match (rss_bytes, c.memory_limit_bytes) {
@@ -211,6 +214,22 @@ impl Overload {
         lg.set(f64::from(level_to(level)));
         qg.set(self.queue_delay().as_secs_f64());
         level
+    }
+}
+
+/// The queue length worth waiting in: the gate frees about `limit` slots per `latency`, so a
+/// waiter at position q waits about q × latency / limit. Half the timeout's worth, so that most
+/// waiters are served rather than refused late; at most `max_queue`.
+fn useful_queue(limit: u32, latency: Duration, timeout: Duration, max_queue: u32) -> u32 {
+    let per_slot = latency.as_secs_f64() / f64::from(limit.max(1));
+    if per_slot <= 0.0 {
+        return max_queue;
+    }
+    let n = (timeout.as_secs_f64() / 2.0 / per_slot).floor();
+    if n >= f64::from(max_queue) {
+        max_queue
+    } else {
+        n.max(0.0) as u32
     }
 }
 
@@ -274,6 +293,9 @@ pub struct Adaptive {
     pub gate: Arc<gate::Gate>,
     /// Recent wait at the gate (microseconds, smoothed like `Overload::queue_delay_us`).
     queue_delay_us: AtomicU64,
+    /// How many waiters can be served within the queue timeout at the current limit and
+    /// latency (see `useful_queue`).
+    useful_queue: AtomicU32,
     limit_gauge: Gauge,
     min_rtt_gauge: Gauge,
     queue_delay_gauge: Gauge,
@@ -301,6 +323,7 @@ impl Adaptive {
             limiter: Mutex::new(limiter),
             gate,
             queue_delay_us: AtomicU64::new(0),
+            useful_queue: AtomicU32::new(c.max_queue),
             limit_gauge: gauge!("palisade_adaptive_limit", "cluster" => cluster.to_owned()),
             min_rtt_gauge: gauge!("palisade_adaptive_min_rtt_seconds", "cluster" => cluster.to_owned()),
             queue_delay_gauge: gauge!("palisade_adaptive_queue_delay_seconds", "cluster" => cluster.to_owned()),
@@ -309,12 +332,33 @@ impl Adaptive {
 
     /// A response head arrived after `rtt` (the request started with `in_flight` in flight).
     pub fn on_success(&self, now: Instant, rtt: Duration, in_flight: u32) {
-        let limit = {
+        let (limit, latency) = {
             let mut l = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
             l.on_sample(now, rtt, in_flight);
-            l.limit()
+            (l.limit(), l.sample_rtt().or_else(|| l.min_rtt()))
         };
         self.gate.set_limit(limit);
+        if let Some(latency) = latency {
+            self.useful_queue.store(
+                useful_queue(
+                    limit,
+                    latency,
+                    self.config.queue_timeout.get(),
+                    self.config.max_queue,
+                ),
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Whether a request of priority `p` that finds no free slot should join the queue: only
+    /// while the queue is short enough to drain within about half its timeout. A request that
+    /// would time out in the queue anyway is refused at once instead (a fast 503 rather than a
+    /// slow one). Critical requests always try: the gate may evict a lower-priority waiter.
+    pub fn may_queue(&self, p: Priority) -> bool {
+        p == Priority::Critical
+            || self.gate.in_flight() < self.gate.limit()
+            || self.gate.queued() < self.useful_queue.load(Ordering::Relaxed)
     }
 
     /// The request failed upstream (timeout, reset, 5xx from overload): a loss signal.
@@ -398,6 +442,32 @@ mod tests {
         assert_eq!(o.in_flight(), 100);
         held.clear();
         assert_eq!(o.in_flight(), 0);
+        assert!(o.admit(Priority::Sheddable, &c, &shed).is_ok());
+    }
+
+    #[test]
+    fn the_useful_queue_is_what_drains_within_half_the_timeout() {
+        let ms = Duration::from_millis;
+        // 20 slots each 10 ms: one frees every 0.5 ms; 10 ms of timeout, half of it: 10 waiters.
+        assert_eq!(useful_queue(20, ms(10), ms(10), 50), 10);
+        assert_eq!(useful_queue(20, ms(10), ms(10), 4), 4);
+        // A slow upstream: nobody should wait.
+        assert_eq!(useful_queue(2, ms(1000), ms(10), 50), 0);
+        assert_eq!(useful_queue(0, ms(10), ms(10), 50), 0);
+        assert_eq!(useful_queue(20, Duration::ZERO, ms(10), 50), 50);
+    }
+
+    #[test]
+    fn requests_in_flight_never_raise_the_observed_level() {
+        let c = config(10);
+        let shed = shed_config(&c);
+        let o = Arc::new(Overload::new(&c));
+        let held: Vec<_> = (0..9)
+            .map(|_| o.admit(Priority::Critical, &c, &shed).unwrap())
+            .collect();
+        assert_eq!(o.observe(Instant::now(), &c, None), Level::None);
+        drop(held);
+        // With the load gone, every priority is admitted at once.
         assert!(o.admit(Priority::Sheddable, &c, &shed).is_ok());
     }
 
