@@ -43,7 +43,7 @@ use crate::{
         attempt::{self, Payload, Verdict},
         cluster::{Cluster, HashKey, fnv1a},
         forward::UpstreamBody,
-        limits::Permit,
+        limits::{Overflow, Permit},
         replay::Replay,
         stats::InFlight,
     },
@@ -440,17 +440,15 @@ async fn proxy(
     let gate = match &cluster.adaptive {
         Some(a) => {
             if !a.may_queue(priority) {
-                crate::metrics::limit_overflow(&cluster.name, "adaptive_queue_full");
-                return Err(ProxyError::Overflow("adaptive_queue_full"));
+                return Err(Overflow::AdaptiveQueueFull.error(&cluster.name));
             }
             let permit = a.gate.acquire(priority).await.map_err(|r| {
-                let label = match r {
-                    Refused::QueueFull => "adaptive_queue_full",
-                    Refused::Timeout => "adaptive_queue_timeout",
-                    Refused::Evicted => "adaptive_evicted",
-                };
-                crate::metrics::limit_overflow(&cluster.name, label);
-                ProxyError::Overflow(label)
+                match r {
+                    Refused::QueueFull => Overflow::AdaptiveQueueFull,
+                    Refused::Timeout => Overflow::AdaptiveQueueTimeout,
+                    Refused::Evicted => Overflow::AdaptiveEvicted,
+                }
+                .error(&cluster.name)
             })?;
             a.record_queue_delay(permit.queued_for());
             shared.overload.record_queue_delay(permit.queued_for());

@@ -174,7 +174,18 @@ pub struct ListenerGauges {
     pub requests: Gauge,
     pub accept_errors: Counter,
     pub handshake_errors: Counter,
+    /// Connections refused at accept, by reason (`REFUSAL_REASONS` order): resolved once, so a
+    /// connection flood being refused costs no registry lookup per connection.
+    refused: [Counter; 4],
 }
+
+/// `palisade_connections_refused_total`'s reasons.
+pub const REFUSAL_REASONS: [&str; 4] = [
+    "denied",
+    "per_ip_connections",
+    "per_ip_rate",
+    "max_connections",
+];
 
 impl ListenerGauges {
     pub fn new(listener: &str) -> Arc<Self> {
@@ -183,8 +194,18 @@ impl ListenerGauges {
             connections: gauge!("palisade_active_connections", "listener" => l.clone()),
             requests: gauge!("palisade_active_requests", "listener" => l.clone()),
             accept_errors: counter!("palisade_accept_errors_total", "listener" => l.clone()),
-            handshake_errors: counter!("palisade_tls_handshake_errors_total", "listener" => l),
+            handshake_errors: counter!("palisade_tls_handshake_errors_total", "listener" => l.clone()),
+            refused: REFUSAL_REASONS.map(|r| counter!("palisade_connections_refused_total", "listener" => l.clone(), "reason" => r)),
         })
+    }
+
+    /// Counts a connection refused at accept (`reason` is one of `REFUSAL_REASONS`).
+    pub fn refused(&self, reason: &str) {
+        if let Some(i) = REFUSAL_REASONS.iter().position(|r| *r == reason)
+            && let Some(c) = self.refused.get(i)
+        {
+            c.increment(1);
+        }
     }
 }
 

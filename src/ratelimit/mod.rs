@@ -295,33 +295,25 @@ impl Policy {
         store: Option<&SharedStore>,
         input: &KeyInput<'_>,
     ) -> Result<(), Box<Limited>> {
-        let decision = KEY_BUF.with(|buf| {
+        // The key is built once, in a reused buffer; both hashes come from it.
+        let (local_hash, shared_hash) = KEY_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
             buf.clear();
             self.write_key(input, &mut buf);
-            match self.scope {
-                Scope::Local => {
-                    Ok(self
-                        .table
-                        .check(self.table.hash(&buf), &self.quota, now_ns(Instant::now())))
-                }
-                Scope::Shared => Err((stable_hash(&buf), self.table.hash(&buf))),
-            }
+            let shared = (self.scope == Scope::Shared).then(|| stable_hash(&buf));
+            (self.table.hash(&buf), shared)
         });
-        let decision = match decision {
-            Ok(d) => d,
-            Err((shared_hash, local_hash)) => {
-                self.check_shared(store, shared_hash, local_hash).await
-            }
+        let decision = match shared_hash {
+            None => self
+                .table
+                .check(local_hash, &self.quota, now_ns(Instant::now())),
+            Some(shared_hash) => self.check_shared(store, shared_hash, local_hash).await,
         };
         if decision.allowed {
             self.counters.allowed.increment(1);
             return Ok(());
         }
-        self.top
-            .record(self.table.hash(&self.key_bytes(input)), || {
-                self.display(input)
-            });
+        self.top.record(local_hash, || self.display(input));
         if self.dry_run {
             self.counters.dry_run.increment(1);
             tracing::info!(policy = %self.name, key = %self.display(input), "rate limit exceeded (dry run: allowed)");
@@ -401,12 +393,6 @@ impl Policy {
             }
             buf.push(0);
         }
-    }
-
-    fn key_bytes(&self, input: &KeyInput<'_>) -> Vec<u8> {
-        let mut v = Vec::new();
-        self.write_key(input, &mut v);
-        v
     }
 
     /// How `/limits` shows a key: the client address in full, a header's value shortened to its

@@ -154,7 +154,7 @@ const PER_IP_TRACKED: usize = 100_000;
 
 /// Why a connection was refused at accept: closed at once, before TLS or HTTP, and counted.
 fn refuse(ctx: &ListenerCtx, reason: &'static str) {
-    metrics::counter!("palisade_connections_refused_total", "listener" => ctx.name.to_string(), "reason" => reason).increment(1);
+    ctx.gauges.refused(reason);
 }
 
 /// Binds with SO_REUSEADDR and a deep backlog (connections beyond the cap wait there, as in HAProxy).

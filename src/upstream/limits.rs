@@ -37,6 +37,12 @@ pub enum Overflow {
     Pending,
     /// `limits.queue_timeout`: no connection became free in time.
     QueueTimeout,
+    /// `adaptive_concurrency`: its queue is full (or would not drain in time).
+    AdaptiveQueueFull,
+    /// `adaptive_concurrency.queue_timeout`: no slot became free in time.
+    AdaptiveQueueTimeout,
+    /// `adaptive_concurrency`: a higher-priority request took this one's place in the queue.
+    AdaptiveEvicted,
 }
 
 impl Overflow {
@@ -53,6 +59,9 @@ impl Overflow {
             Self::Budget => "retry_budget",
             Self::Pending => "max_pending",
             Self::QueueTimeout => "queue_timeout",
+            Self::AdaptiveQueueFull => "adaptive_queue_full",
+            Self::AdaptiveQueueTimeout => "adaptive_queue_timeout",
+            Self::AdaptiveEvicted => "adaptive_evicted",
         }
     }
 }
